@@ -1,0 +1,128 @@
+"""The one road from a command to the log: load the stream's state, decide, append.
+
+States are cached per stream with the version they reflect. The cache is never
+trusted blindly: an append names the version its decision was based on, and if the
+stream moved (another replica, or a concurrent request) the store refuses it, the
+handler folds in the events it missed, and decides again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from shelby.clock import Clock
+from shelby.domain import jobs, nodes
+from shelby.events.store import ConcurrencyError, EventStore, Recorded
+from shelby.events.types import Event
+
+__all__ = ["JOBS", "NODES", "CommandHandler", "Decider", "Outcome"]
+
+C = TypeVar("C")
+S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True)
+class Decider(Generic[C, S]):
+    decide: Callable[[C, S], list[Event]]
+    evolve: Callable[[S, Event], S]
+    initial_state: Callable[[], S]
+
+    def fold(self, state: S, events: list[Event]) -> S:
+        for event in events:
+            state = self.evolve(state, event)
+        return state
+
+
+JOBS: Decider[jobs.JobCommand, jobs.JobState] = Decider(
+    jobs.decide, jobs.evolve, jobs.initial_state
+)
+NODES: Decider[nodes.NodeCommand, nodes.NodeState] = Decider(
+    nodes.decide, nodes.evolve, nodes.initial_state
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[S]):
+    recorded: list[Recorded]  # empty when the command changed nothing
+    state: S  # the stream's state after it
+
+
+class _StreamLocks:
+    """One lock per busy stream, so that commands on one stream queue in-process
+    instead of racing to a conflict; a lock is dropped once nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, list[Any]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, stream: str) -> AsyncIterator[None]:
+        entry = self._locks.get(stream)
+        if entry is None:
+            entry = self._locks[stream] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[stream]
+
+
+class CommandHandler:
+    MAX_RETRIES = 20
+
+    def __init__(self, store: EventStore, clock: Clock, *, cache_size: int = 100_000) -> None:
+        self.store = store
+        self.clock = clock
+        self._cache: dict[str, tuple[Any, int]] = {}
+        self._cache_size = cache_size
+        self._locks = _StreamLocks()
+
+    async def handle(self, stream: str, decider: Decider[C, S], command: C) -> Outcome[S]:
+        async with self._locks.hold(stream):
+            return await self._handle(stream, decider, command)
+
+    async def state(self, stream: str, decider: Decider[C, S]) -> tuple[S, int]:
+        """The stream's current state and version, from the cache or the log."""
+        cached = self._cache.get(stream)
+        state, version = cached if cached is not None else (decider.initial_state(), 0)
+        newer = await self.store.read_stream(stream, after_version=version)
+        if newer:
+            state = decider.fold(state, [r.event for r in newer])
+            version = newer[-1].version
+            self._remember(stream, state, version)
+        return state, version
+
+    async def _handle(self, stream: str, decider: Decider[C, S], command: C) -> Outcome[S]:
+        cached = self._cache.get(stream)
+        if cached is None:
+            state, version = await self.state(stream, decider)
+        else:
+            state, version = cached
+        for _ in range(self.MAX_RETRIES):
+            events = decider.decide(command, state)
+            if not events:
+                return Outcome([], state)
+            try:
+                recorded = await self.store.append(
+                    stream, events, expected_version=version, timestamp=self.clock.now()
+                )
+            except ConcurrencyError:
+                state, version = await self.state(stream, decider)
+                continue
+            state = decider.fold(state, events)
+            self._remember(stream, state, recorded[-1].version)
+            return Outcome(recorded, state)
+        raise ConcurrencyError(stream, version)
+
+    def _remember(self, stream: str, state: Any, version: int) -> None:
+        cache = self._cache
+        cache.pop(stream, None)
+        cache[stream] = (state, version)
+        if len(cache) > self._cache_size:
+            del cache[next(iter(cache))]  # the least recently written

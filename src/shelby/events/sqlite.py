@@ -1,0 +1,477 @@
+"""The SQLite event store: the embedded default, one file and nothing else to run.
+
+Writes take one road: ``append`` queues a request and one writer drains the queue,
+committing every request that arrived meanwhile in a single transaction (group
+commit), so one fsync serves many callers. Each request is checked against its
+stream's version and hashed onto the chain inside that transaction, and every
+projection's rows are written beside it. A request that fails is rolled back to its
+own savepoint and does not disturb the others in its batch.
+
+The writer is one thread with a plain ``sqlite3`` connection rather than an aiosqlite
+one: aiosqlite hops between threads once per statement, and a batch is hundreds of
+statements, so the batch is handed over whole. Reads use aiosqlite connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from shelby.events.codec import GENESIS_HASH, chain_hash, decode_event, encode_data, envelope_bytes
+from shelby.events.store import (
+    ConcurrencyError,
+    Head,
+    Listener,
+    Projection,
+    Recorded,
+    Statement,
+    StoreUnavailable,
+)
+from shelby.events.types import Event
+
+__all__ = ["SQLiteEventStore"]
+
+log = structlog.get_logger(__name__)
+
+EVENTS_DDL = [
+    """CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY,
+        stream TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        timestamp DOUBLE PRECISION NOT NULL,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        UNIQUE (stream, version)
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+       BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+       BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END""",
+    """CREATE TABLE IF NOT EXISTS projection_positions (
+        name TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+]
+
+INSERT_EVENT = (
+    "INSERT INTO events (seq, stream, version, type, timestamp, data, prev_hash, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SELECT_EVENTS = "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
+
+REBUILD_CHUNK = 20_000
+
+
+class _Pending:
+    __slots__ = ("encoded", "expected_version", "future", "stream", "timestamp")
+
+    def __init__(
+        self,
+        stream: str,
+        encoded: list[tuple[str, str, Event]],
+        expected_version: int,
+        timestamp: float,
+        future: asyncio.Future[list[Recorded]],
+    ) -> None:
+        self.stream = stream
+        self.encoded = encoded
+        self.expected_version = expected_version
+        self.timestamp = timestamp
+        self.future = future
+
+
+def row_to_recorded(row: Sequence[Any]) -> Recorded:
+    seq, stream, version, type_, timestamp, data, prev_hash, hash_ = row
+    return Recorded(
+        seq=seq,
+        stream=stream,
+        version=version,
+        type=type_,
+        timestamp=timestamp,
+        data=data,
+        prev_hash=prev_hash,
+        hash=hash_,
+        event=decode_event(data),
+    )
+
+
+def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:
+    """Run statements in order, batching runs of the same SQL into ``executemany``."""
+    for sql, group in itertools.groupby(statements, key=lambda st: st[0]):
+        params = [p for _, p in group]
+        if len(params) == 1:
+            conn.execute(sql, params[0])
+        else:
+            conn.executemany(sql, params)
+
+
+class SQLiteEventStore:
+    def __init__(
+        self,
+        path: str | Path,
+        projections: Sequence[Projection] = (),
+        *,
+        readers: int = 2,
+        max_batch: int = 1024,
+    ) -> None:
+        self.path = Path(path)
+        self.projections = list(projections)
+        self._n_readers = readers
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._writer_task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shelby-writer")
+        self._wconn: sqlite3.Connection | None = None
+        self._readers: list[Any] = []
+        self._reader_cycle: itertools.cycle[Any] | None = None
+        self._listeners: list[Listener] = []
+        self._head = Head(0, GENESIS_HASH)
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open_writer)
+        for _ in range(self._n_readers):
+            conn = await aiosqlite.connect(self.path)
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await conn.execute("PRAGMA query_only = 1")
+            self._readers.append(conn)
+        self._reader_cycle = itertools.cycle(self._readers)
+
+    def _open_writer(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk (the WAL is fsynced) before any caller is answered.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        for ddl in EVENTS_DDL:
+            conn.execute(ddl)
+        conn.execute("COMMIT")
+        self._wconn = conn
+        row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        self._head = Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
+        self._prepare_projections()
+
+    def _prepare_projections(self) -> None:
+        """Create missing projections, rebuild those whose version changed, and bring
+        any that lag the log (new ones, or an interrupted rebuild) up to its head."""
+        conn = self._conn()
+        stale: list[Projection] = []
+        behind: dict[int, list[Projection]] = {}
+        for proj in self.projections:
+            row = conn.execute(
+                "SELECT version, seq FROM projection_positions WHERE name = ?", (proj.name,)
+            ).fetchone()
+            if row is None or row[0] != proj.version:
+                stale.append(proj)
+            elif row[1] < self._head.seq:
+                behind.setdefault(row[1], []).append(proj)
+        if stale:
+            self._reset(stale)
+            behind.setdefault(0, []).extend(stale)
+        for after, projs in sorted(behind.items()):
+            log.info("projections catching up", names=[p.name for p in projs], after=after)
+            self._replay(projs, after, None)
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            with contextlib.suppress(Exception):
+                await self._writer_task
+        for conn in self._readers:
+            await conn.close()
+        self._readers.clear()
+        loop = asyncio.get_running_loop()
+        if self._wconn is not None:
+            await loop.run_in_executor(self._executor, self._wconn.close)
+            self._wconn = None
+        self._executor.shutdown(wait=True)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            raise StoreUnavailable("the store is not open")
+        return self._wconn
+
+    # --- appending ----------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        *,
+        expected_version: int,
+        timestamp: float,
+    ) -> list[Recorded]:
+        if not events:
+            return []
+        # Encoding happens here, on the loop, while the writer thread waits on fsync.
+        encoded = [(type(e).__name__, encode_data(e), e) for e in events]
+        future: asyncio.Future[list[Recorded]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(stream, encoded, expected_version, timestamp, future))
+        if self._writer_task is None or self._writer_task.done():
+            self._writer_task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self._write_batch, batch)
+            except BaseException as exc:  # the thread itself failed: nobody was written
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(StoreUnavailable(str(exc)))
+                continue
+            committed: list[Recorded] = []
+            for p, result in zip(batch, results, strict=True):
+                if p.future.done():  # the caller was cancelled; its write stands
+                    pass
+                elif isinstance(result, BaseException):
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
+                if not isinstance(result, BaseException):
+                    committed.extend(result)
+            if committed:
+                self._publish(committed)
+
+    def _write_batch(self, batch: list[_Pending]) -> list[list[Recorded] | BaseException]:
+        conn = self._conn()
+        seq, head = self._head.seq, self._head.hash
+        results: list[list[Recorded] | BaseException] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for p in batch:
+                current = conn.execute(
+                    "SELECT max(version) FROM events WHERE stream = ?", (p.stream,)
+                ).fetchone()[0]
+                if (current or 0) != p.expected_version:
+                    results.append(ConcurrencyError(p.stream, p.expected_version))
+                    continue
+                recs: list[Recorded] = []
+                prev = head
+                for i, (type_, data, event) in enumerate(p.encoded):
+                    s = seq + i + 1
+                    version = p.expected_version + i + 1
+                    h = chain_hash(
+                        prev,
+                        envelope_bytes(
+                            seq=s,
+                            stream=p.stream,
+                            version=version,
+                            type=type_,
+                            timestamp=p.timestamp,
+                            data=data,
+                        ),
+                    )
+                    recs.append(
+                        Recorded(
+                            seq=s,
+                            stream=p.stream,
+                            version=version,
+                            type=type_,
+                            timestamp=p.timestamp,
+                            data=data,
+                            prev_hash=prev,
+                            hash=h,
+                            event=event,
+                        )
+                    )
+                    prev = h
+                conn.execute("SAVEPOINT append")
+                try:
+                    conn.executemany(
+                        INSERT_EVENT,
+                        [
+                            (
+                                r.seq,
+                                r.stream,
+                                r.version,
+                                r.type,
+                                r.timestamp,
+                                r.data,
+                                r.prev_hash,
+                                r.hash,
+                            )
+                            for r in recs
+                        ],
+                    )
+                    run_statements(conn, self._project(recs))
+                except sqlite3.Error as exc:
+                    if _is_fault(exc):
+                        raise
+                    conn.execute("ROLLBACK TO append")
+                    conn.execute("RELEASE append")
+                    # A projection refused the event: a bug, reported to this caller only.
+                    log.error("projection refused an append", stream=p.stream, error=str(exc))
+                    results.append(exc)
+                    continue
+                conn.execute("RELEASE append")
+                seq, head = recs[-1].seq, recs[-1].hash
+                results.append(recs)
+            conn.execute("UPDATE projection_positions SET seq = ?", (seq,))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = StoreUnavailable(f"the event store cannot take writes: {exc}")
+            return [err] * len(batch)
+        self._head = Head(seq, head)
+        return results
+
+    def _project(self, recs: list[Recorded]) -> list[Statement]:
+        return [st for rec in recs for proj in self.projections for st in proj.apply(rec)]
+
+    # --- subscribers --------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _publish(self, recs: list[Recorded]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(recs)
+            except Exception:
+                log.exception("event listener failed")
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _reader(self) -> Any:
+        if self._reader_cycle is None:
+            raise StoreUnavailable("the store is not open")
+        return next(self._reader_cycle)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            rows = await self._reader().execute_fetchall(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the event store cannot be read: {exc}") from exc
+        return list(rows)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def read_stream(self, stream: str, after_version: int = 0) -> list[Recorded]:
+        rows = await self.fetchall(
+            f"{SELECT_EVENTS} WHERE stream = ? AND version > ? ORDER BY version",
+            (stream, after_version),
+        )
+        return [row_to_recorded(r) for r in rows]
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[Recorded]:
+        rows = await self.fetchall(
+            f"{SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [row_to_recorded(r) for r in rows]
+
+    async def iter_raw(self, after: int = 0) -> AsyncIterator[list[tuple[Any, ...]]]:
+        while True:
+            rows = await self.fetchall(
+                f"{SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (after, REBUILD_CHUNK)
+            )
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+
+    async def head(self) -> Head:
+        row = await self.fetchone("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1 FROM projection_positions LIMIT 1")
+
+    # --- rebuilding ---------------------------------------------------------------------
+
+    async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+
+        def run() -> int:
+            self._reset(self.projections)
+            return self._replay(self.projections, 0, progress)
+
+        return await loop.run_in_executor(self._executor, run)
+
+    def _reset(self, projs: Sequence[Projection]) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        for proj in projs:
+            for table in proj.tables:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            for ddl in proj.ddl:
+                conn.execute(ddl)
+            conn.execute(
+                "INSERT INTO projection_positions (name, version, seq) VALUES (?, ?, 0)"
+                " ON CONFLICT (name) DO UPDATE SET version = excluded.version, seq = 0",
+                (proj.name, proj.version),
+            )
+        conn.execute("COMMIT")
+
+    def _replay(
+        self,
+        projs: Sequence[Projection],
+        after: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
+        """Apply the log after ``after`` to ``projs``, one transaction per chunk, each
+        saving the position it reached: an interrupted replay resumes where it stopped."""
+        conn = self._conn()
+        total = self._head.seq
+        applied = 0
+        names = [p.name for p in projs]
+        marks = ",".join("?" * len(names))
+        reader = sqlite3.connect(self.path)  # a cursor of its own, apart from the writes
+        try:
+            while True:
+                rows = reader.execute(
+                    f"{SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (after, REBUILD_CHUNK)
+                ).fetchall()
+                if not rows:
+                    break
+                statements: list[Statement] = []
+                for row in rows:
+                    rec = row_to_recorded(row)
+                    for proj in projs:
+                        statements.extend(proj.apply(rec))
+                after = rows[-1][0]
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    run_statements(conn, statements)
+                    conn.execute(
+                        f"UPDATE projection_positions SET seq = ? WHERE name IN ({marks})",
+                        (after, *names),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                applied += len(rows)
+                if progress is not None:
+                    progress(applied, total)
+        finally:
+            reader.close()
+        return applied
+
+
+def _is_fault(exc: sqlite3.Error) -> bool:
+    """Faults of the database itself (full, read-only, I/O), as against a statement
+    that a constraint refused."""
+    return not isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError)

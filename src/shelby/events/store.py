@@ -1,0 +1,140 @@
+"""The store interface: what every backend (SQLite, PostgreSQL) promises its callers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from shelby.events.types import Event
+
+__all__ = [
+    "ConcurrencyError",
+    "EventStore",
+    "Head",
+    "Listener",
+    "Projection",
+    "Recorded",
+    "Statement",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class Recorded(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the log: an event with its place in it and its link in the chain."""
+
+    seq: int
+    stream: str
+    version: int
+    type: str
+    timestamp: float
+    data: str  # canonical JSON text, exactly as hashed
+    prev_hash: str
+    hash: str
+    event: Event
+
+
+class Head(msgspec.Struct, frozen=True):
+    seq: int
+    hash: str
+
+
+class StoreError(Exception):
+    """Base of the store's own errors; driver errors never leave a backend."""
+
+
+class ConcurrencyError(StoreError):
+    """The stream moved past the version the append expected."""
+
+    def __init__(self, stream: str, expected_version: int) -> None:
+        super().__init__(f"stream {stream!r} is no longer at version {expected_version}")
+        self.stream = stream
+        self.expected_version = expected_version
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot take writes (or reads) right now: disk full, read-only,
+    unreachable. Nothing of the failed append was kept."""
+
+
+Statement = tuple[str, tuple[Any, ...]]
+"""One SQL statement with ``?`` placeholders and its parameters; both backends run it."""
+
+Listener = Callable[[Sequence[Recorded]], None]
+"""Called on the event loop with each committed batch, in log order. Must not block."""
+
+
+class Projection(Protocol):
+    """A read model kept in tables beside the log.
+
+    ``apply`` is pure: it turns one recorded event into statements, which the store runs
+    in the transaction that appends the event, so a projection never lags its log.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int:
+        """Bump it to have the store rebuild this projection at start-up."""
+        ...
+
+    @property
+    def tables(self) -> Sequence[str]:
+        """The tables it owns, dropped on rebuild."""
+        ...
+
+    @property
+    def ddl(self) -> Sequence[str]:
+        """Idempotent CREATE statements."""
+        ...
+
+    def apply(self, rec: Recorded) -> list[Statement]: ...
+
+
+class EventStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        *,
+        expected_version: int,
+        timestamp: float,
+    ) -> list[Recorded]:
+        """Append atomically if ``stream`` is at ``expected_version`` (0: new stream).
+
+        Returns only once the events and every projection's rows are durable.
+        Raises ``ConcurrencyError`` or ``StoreUnavailable``.
+        """
+        ...
+
+    async def read_stream(self, stream: str, after_version: int = 0) -> list[Recorded]: ...
+
+    async def read_all(self, after: int = 0, limit: int = 1000) -> list[Recorded]: ...
+
+    def iter_raw(self, after: int = 0) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """Batches of raw rows ``(seq, stream, version, type, timestamp, data,
+        prev_hash, hash)`` in log order, for verify and rebuild."""
+        ...
+
+    async def head(self) -> Head: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    async def ping(self) -> None:
+        """Raises ``StoreUnavailable`` when the database cannot be reached."""
+        ...
+
+    async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Drop every projection and replay the log into it; returns events applied."""
+        ...
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]: ...
