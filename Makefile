@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench format clean
+.PHONY: install run test lint bench format clean chromium
 
 install: $(STAMP)
 
@@ -22,7 +22,12 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-test: install lint
+# The dashboard's browser tests drive Debian's Chromium; Playwright's own browser download
+# is never used. CI runs as root on Debian, so apt-get works there.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: install lint chromium
 	$(BIN)/pytest
 
 bench: install
