@@ -72,6 +72,7 @@ INSERT_EVENT = (
 SELECT_EVENTS = "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
 
 REBUILD_CHUNK = 20_000
+VERSION_CACHE_SIZE = 200_000
 
 
 class _Pending:
@@ -138,6 +139,9 @@ class SQLiteEventStore:
         self._reader_cycle: itertools.cycle[Any] | None = None
         self._listeners: list[Listener] = []
         self._head = Head(0, GENESIS_HASH)
+        # Each stream's version as this store last wrote or read it, touched only by the
+        # writer thread: the version check of an append needs no query when it hits.
+        self._versions: dict[str, int] = {}
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -252,88 +256,152 @@ class SQLiteEventStore:
                 self._publish(committed)
 
     def _write_batch(self, batch: list[_Pending]) -> list[list[Recorded] | BaseException]:
+        """One transaction for the whole batch. Versions are checked and hashes chained
+        in memory first, so the common case is a few ``executemany`` calls; only if a
+        statement is refused does the batch run again, each append in a savepoint."""
         conn = self._conn()
-        seq, head = self._head.seq, self._head.hash
-        results: list[list[Recorded] | BaseException] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for p in batch:
-                current = conn.execute(
-                    "SELECT max(version) FROM events WHERE stream = ?", (p.stream,)
-                ).fetchone()[0]
-                if (current or 0) != p.expected_version:
-                    results.append(ConcurrencyError(p.stream, p.expected_version))
-                    continue
-                recs: list[Recorded] = []
-                prev = head
-                for i, (type_, data, event) in enumerate(p.encoded):
-                    s = seq + i + 1
-                    version = p.expected_version + i + 1
-                    h = chain_hash(
-                        prev,
-                        envelope_bytes(
-                            seq=s,
-                            stream=p.stream,
-                            version=version,
-                            type=type_,
-                            timestamp=p.timestamp,
-                            data=data,
-                        ),
-                    )
-                    recs.append(
-                        Recorded(
-                            seq=s,
-                            stream=p.stream,
-                            version=version,
-                            type=type_,
-                            timestamp=p.timestamp,
-                            data=data,
-                            prev_hash=prev,
-                            hash=h,
-                            event=event,
-                        )
-                    )
-                    prev = h
-                conn.execute("SAVEPOINT append")
-                try:
-                    conn.executemany(
-                        INSERT_EVENT,
-                        [
-                            (
-                                r.seq,
-                                r.stream,
-                                r.version,
-                                r.type,
-                                r.timestamp,
-                                r.data,
-                                r.prev_hash,
-                                r.hash,
-                            )
-                            for r in recs
-                        ],
-                    )
-                    run_statements(conn, self._project(recs))
-                except sqlite3.Error as exc:
-                    if _is_fault(exc):
-                        raise
-                    conn.execute("ROLLBACK TO append")
-                    conn.execute("RELEASE append")
-                    # A projection refused the event: a bug, reported to this caller only.
-                    log.error("projection refused an append", stream=p.stream, error=str(exc))
-                    results.append(exc)
-                    continue
-                conn.execute("RELEASE append")
-                seq, head = recs[-1].seq, recs[-1].hash
-                results.append(recs)
-            conn.execute("UPDATE projection_positions SET seq = ?", (seq,))
+            self._check_head(conn)
+            versions: dict[str, int] = {}
+            staged = self._stage(conn, batch, self._head, versions)
+            recs = [r for result in staged if isinstance(result, list) for r in result]
+            try:
+                self._insert(conn, recs)
+            except sqlite3.Error as exc:
+                if _is_fault(exc):
+                    raise
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                versions.clear()
+                staged = self._write_isolated(conn, batch, versions)
+                recs = [r for result in staged if isinstance(result, list) for r in result]
+            head = Head(recs[-1].seq, recs[-1].hash) if recs else self._head
+            conn.execute("UPDATE projection_positions SET seq = ?", (head.seq,))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             err = StoreUnavailable(f"the event store cannot take writes: {exc}")
             return [err] * len(batch)
-        self._head = Head(seq, head)
+        self._head = head
+        self._remember_versions(versions)
+        return staged
+
+    def _check_head(self, conn: sqlite3.Connection) -> None:
+        """The store is the only writer of its file; if another process appended after
+        all, the cached head and versions are stale and are read again."""
+        row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        head = Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
+        if head != self._head:
+            log.warning("the log moved under this store; reloading its head", seq=head.seq)
+            self._head = head
+            self._versions.clear()
+
+    def _stage(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Pending],
+        head: Head,
+        versions: dict[str, int],
+    ) -> list[list[Recorded] | BaseException]:
+        """Check each append's expected version and chain its events onto ``head``;
+        ``versions`` collects the streams' new versions."""
+        results: list[list[Recorded] | BaseException] = []
+        seq, prev = head.seq, head.hash
+        for p in batch:
+            current = versions.get(p.stream)
+            if current is None:
+                current = self._stream_version(conn, p.stream)
+            if current != p.expected_version:
+                results.append(ConcurrencyError(p.stream, p.expected_version))
+                continue
+            recs: list[Recorded] = []
+            for i, (type_, data, event) in enumerate(p.encoded):
+                seq += 1
+                version = current + i + 1
+                h = chain_hash(
+                    prev,
+                    envelope_bytes(
+                        seq=seq,
+                        stream=p.stream,
+                        version=version,
+                        type=type_,
+                        timestamp=p.timestamp,
+                        data=data,
+                    ),
+                )
+                recs.append(
+                    Recorded(
+                        seq=seq,
+                        stream=p.stream,
+                        version=version,
+                        type=type_,
+                        timestamp=p.timestamp,
+                        data=data,
+                        prev_hash=prev,
+                        hash=h,
+                        event=event,
+                    )
+                )
+                prev = h
+            versions[p.stream] = recs[-1].version
+            results.append(recs)
         return results
+
+    def _write_isolated(
+        self, conn: sqlite3.Connection, batch: list[_Pending], versions: dict[str, int]
+    ) -> list[list[Recorded] | BaseException]:
+        """The slow road: each append in its own savepoint, so that one refused by a
+        projection (a bug) fails alone and the rest of its batch still commits."""
+        results: list[list[Recorded] | BaseException] = []
+        head = self._head
+        for p in batch:
+            trial = dict(versions)
+            (result,) = self._stage(conn, [p], head, trial)
+            if isinstance(result, list):
+                conn.execute("SAVEPOINT append")
+                try:
+                    self._insert(conn, result)
+                except sqlite3.Error as exc:
+                    if _is_fault(exc):
+                        raise
+                    conn.execute("ROLLBACK TO append")
+                    log.error("projection refused an append", stream=p.stream, error=str(exc))
+                    result = exc
+                else:
+                    versions.update(trial)
+                    head = Head(result[-1].seq, result[-1].hash)
+                conn.execute("RELEASE append")
+            results.append(result)
+        return results
+
+    def _insert(self, conn: sqlite3.Connection, recs: list[Recorded]) -> None:
+        conn.executemany(
+            INSERT_EVENT,
+            [
+                (r.seq, r.stream, r.version, r.type, r.timestamp, r.data, r.prev_hash, r.hash)
+                for r in recs
+            ],
+        )
+        run_statements(conn, self._project(recs))
+
+    def _stream_version(self, conn: sqlite3.Connection, stream: str) -> int:
+        version = self._versions.get(stream)
+        if version is None:
+            row = conn.execute(
+                "SELECT max(version) FROM events WHERE stream = ?", (stream,)
+            ).fetchone()
+            version = row[0] or 0
+        return version
+
+    def _remember_versions(self, versions: dict[str, int]) -> None:
+        cache = self._versions
+        for stream, version in versions.items():
+            cache.pop(stream, None)
+            cache[stream] = version
+        while len(cache) > VERSION_CACHE_SIZE:
+            del cache[next(iter(cache))]
 
     def _project(self, recs: list[Recorded]) -> list[Statement]:
         return [st for rec in recs for proj in self.projections for st in proj.apply(rec)]
