@@ -27,6 +27,7 @@ import aiosqlite
 import structlog
 
 from shelby.events.codec import GENESIS_HASH, chain_hash, decode_event, encode_data, envelope_bytes
+from shelby.events.merkle import Frontier, NodeKey
 from shelby.events.store import (
     ConcurrencyError,
     Head,
@@ -58,6 +59,13 @@ EVENTS_DDL = [
        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
        BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END""",
+    # The Merkle tree's perfect subtrees (events/merkle.py), kept with the log.
+    """CREATE TABLE IF NOT EXISTS merkle_nodes (
+        level INTEGER NOT NULL,
+        idx BIGINT NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    )""",
     """CREATE TABLE IF NOT EXISTS projection_positions (
         name TEXT PRIMARY KEY,
         version INTEGER NOT NULL,
@@ -65,6 +73,7 @@ EVENTS_DDL = [
     )""",
 ]
 
+INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
 INSERT_EVENT = (
     "INSERT INTO events (seq, stream, version, type, timestamp, data, prev_hash, hash)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -142,6 +151,7 @@ class SQLiteEventStore:
         # Each stream's version as this store last wrote or read it, touched only by the
         # writer thread: the version check of an append needs no query when it hits.
         self._versions: dict[str, int] = {}
+        self._tree = Frontier()
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -169,7 +179,34 @@ class SQLiteEventStore:
         self._wconn = conn
         row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
+        conn.execute("BEGIN IMMEDIATE")
+        self._load_tree(conn)
+        conn.execute("COMMIT")
         self._prepare_projections()
+
+    def _load_tree(self, conn: sqlite3.Connection) -> None:
+        """Load the Merkle frontier, first extending the tree over any events it lacks
+        (a log written before the tree existed, or copied in from elsewhere). Runs in
+        the caller's transaction."""
+        row = conn.execute("SELECT max(idx) FROM merkle_nodes WHERE level = 0").fetchone()
+        size = 0 if row[0] is None else row[0] + 1
+
+        def lookup(level: int, index: int) -> bytes:
+            found = conn.execute(
+                "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
+            ).fetchone()
+            return bytes(found[0])
+
+        tree = Frontier.load(size, lookup)
+        if size < self._head.seq:
+            log.info("extending the Merkle tree", size=size, head=self._head.seq)
+            rows = conn.execute(
+                "SELECT hash FROM events WHERE seq > ? ORDER BY seq", (size,)
+            ).fetchall()
+            conn.executemany(
+                INSERT_NODE, [n for (h,) in rows for n in tree.append(bytes.fromhex(h))]
+            )
+        self._tree = tree
 
     def _prepare_projections(self) -> None:
         """Create missing projections, rebuild those whose version changed, and bring
@@ -266,15 +303,17 @@ class SQLiteEventStore:
             versions: dict[str, int] = {}
             staged = self._stage(conn, batch, self._head, versions)
             recs = [r for result in staged if isinstance(result, list) for r in result]
+            tree = self._tree.copy()
             try:
-                self._insert(conn, recs)
+                self._insert(conn, recs, tree)
             except sqlite3.Error as exc:
                 if _is_fault(exc):
                     raise
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
                 versions.clear()
-                staged = self._write_isolated(conn, batch, versions)
+                tree = self._tree.copy()
+                staged = self._write_isolated(conn, batch, versions, tree)
                 recs = [r for result in staged if isinstance(result, list) for r in result]
             head = Head(recs[-1].seq, recs[-1].hash) if recs else self._head
             conn.execute("UPDATE projection_positions SET seq = ?", (head.seq,))
@@ -282,21 +321,26 @@ class SQLiteEventStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            # Whatever this batch loaded into memory may have been rolled back with it:
+            # an impossible head makes the next batch reload head, versions and tree.
+            self._head = Head(-1, "")
             err = StoreUnavailable(f"the event store cannot take writes: {exc}")
             return [err] * len(batch)
         self._head = head
+        self._tree = tree
         self._remember_versions(versions)
         return staged
 
     def _check_head(self, conn: sqlite3.Connection) -> None:
-        """The store is the only writer of its file; if another process appended after
-        all, the cached head and versions are stale and are read again."""
+        """The store is the only writer of its file; if the log moved after all (another
+        process appended, or the last batch failed), what is cached is read again."""
         row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         head = Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
         if head != self._head:
             log.warning("the log moved under this store; reloading its head", seq=head.seq)
             self._head = head
             self._versions.clear()
+            self._load_tree(conn)
 
     def _stage(
         self,
@@ -350,7 +394,11 @@ class SQLiteEventStore:
         return results
 
     def _write_isolated(
-        self, conn: sqlite3.Connection, batch: list[_Pending], versions: dict[str, int]
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Pending],
+        versions: dict[str, int],
+        tree: Frontier,
     ) -> list[list[Recorded] | BaseException]:
         """The slow road: each append in its own savepoint, so that one refused by a
         projection (a bug) fails alone and the rest of its batch still commits."""
@@ -361,8 +409,9 @@ class SQLiteEventStore:
             (result,) = self._stage(conn, [p], head, trial)
             if isinstance(result, list):
                 conn.execute("SAVEPOINT append")
+                trial_tree = tree.copy()
                 try:
-                    self._insert(conn, result)
+                    self._insert(conn, result, trial_tree)
                 except sqlite3.Error as exc:
                     if _is_fault(exc):
                         raise
@@ -371,12 +420,14 @@ class SQLiteEventStore:
                     result = exc
                 else:
                     versions.update(trial)
+                    tree.adopt(trial_tree)
                     head = Head(result[-1].seq, result[-1].hash)
                 conn.execute("RELEASE append")
             results.append(result)
         return results
 
-    def _insert(self, conn: sqlite3.Connection, recs: list[Recorded]) -> None:
+    def _insert(self, conn: sqlite3.Connection, recs: list[Recorded], tree: Frontier) -> None:
+        """Write events, their Merkle nodes (advancing ``tree``) and projection rows."""
         conn.executemany(
             INSERT_EVENT,
             [
@@ -384,6 +435,7 @@ class SQLiteEventStore:
                 for r in recs
             ],
         )
+        conn.executemany(INSERT_NODE, [n for r in recs for n in tree.append(bytes.fromhex(r.hash))])
         run_statements(conn, self._project(recs))
 
     def _stream_version(self, conn: sqlite3.Connection, stream: str) -> int:
@@ -463,6 +515,19 @@ class SQLiteEventStore:
     async def head(self) -> Head:
         row = await self.fetchone("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
         return Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
+
+    async def tree_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        wanted = sorted(set(keys))
+        found: dict[NodeKey, bytes] = {}
+        for start in range(0, len(wanted), 200):
+            chunk = wanted[start : start + 200]
+            where = " OR ".join(["(level = ? AND idx = ?)"] * len(chunk))
+            rows = await self.fetchall(
+                f"SELECT level, idx, hash FROM merkle_nodes WHERE {where}",
+                [v for key in chunk for v in key],
+            )
+            found.update({(level, idx): bytes(h) for level, idx, h in rows})
+        return found
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1 FROM projection_positions LIMIT 1")

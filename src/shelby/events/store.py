@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from shelby.events.merkle import NodeKey
 from shelby.events.types import Event
 
 __all__ = [
@@ -128,6 +129,11 @@ class EventStore(Protocol):
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    async def tree_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        """The Merkle tree's stored perfect subtrees (``events.merkle``) by key; the tree
+        always covers the whole log, so its size is ``head().seq``."""
+        ...
 
     async def ping(self) -> None:
         """Raises ``StoreUnavailable`` when the database cannot be reached."""
