@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from shelby.events.store import EventStore, Projection, StoreUnavailable
+from shelby.events.store import EventStore, Projection
 
-__all__ = ["open_store"]
+__all__ = ["is_postgres_url", "open_store"]
+
+
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
 
 
 def open_store(db: str, projections: list[Projection]) -> EventStore:
@@ -12,8 +16,10 @@ def open_store(db: str, projections: list[Projection]) -> EventStore:
 
     The store is returned unopened; call ``await store.open()``.
     """
-    if db.startswith(("postgresql://", "postgres://")):
-        raise StoreUnavailable("the PostgreSQL store is not built yet")
+    if is_postgres_url(db):
+        from shelby.events.postgres import PostgresEventStore
+
+        return PostgresEventStore(db, projections)
     from shelby.events.sqlite import SQLiteEventStore
 
     return SQLiteEventStore(db.removeprefix("sqlite:///"), projections)
