@@ -1,0 +1,82 @@
+"""The raw log for auditors: rows of the ``events`` table as stored, with their hashes.
+
+These read the log itself, not a projection: an audit must not trust derived data,
+and a deleted job's history is only there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shelby.api.auth import Access
+from shelby.api.endpoint import Call, Endpoint
+from shelby.api.errors import ApiError
+from shelby.api.schemas import AuditEvent, AuditEvents, AuditQuery
+from shelby.events.types import job_stream
+
+__all__ = ["ENDPOINTS"]
+
+_SELECT = "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
+
+
+def _events(rows: list[tuple[Any, ...]]) -> AuditEvents:
+    return AuditEvents(
+        events=[
+            AuditEvent(
+                seq=seq,
+                stream=stream,
+                version=version,
+                type=type_,
+                timestamp=timestamp,
+                data=msgspec.Raw(data.encode()),
+                prev_hash=prev_hash,
+                hash=hash_,
+            )
+            for seq, stream, version, type_, timestamp, data, prev_hash, hash_ in rows
+        ]
+    )
+
+
+async def audit_log(call: Call) -> AuditEvents:
+    q: AuditQuery = call.query
+    rows = await call.service.store.fetchall(
+        f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (q.after, q.limit)
+    )
+    return _events(rows)
+
+
+async def audit_job(call: Call) -> AuditEvents:
+    job_id = call.params["job_id"]
+    rows = await call.service.store.fetchall(
+        f"{_SELECT} WHERE stream = ? ORDER BY version", (job_stream(job_id),)
+    )
+    if not rows:
+        raise ApiError(404, f"job {job_id!r} has no events")
+    return _events(rows)
+
+
+ENDPOINTS = [
+    Endpoint(
+        "GET",
+        "/api/audit/log",
+        Access.ADMIN,
+        "Raw events after `after`, in log order, with their hash chain",
+        audit_log,
+        AuditEvents,
+        query=AuditQuery,
+        errors=(401, 403, 422),
+        tag="audit",
+    ),
+    Endpoint(
+        "GET",
+        "/api/audit/jobs/{job_id}",
+        Access.ADMIN,
+        "Every raw event of one job, log lines included, also after it was deleted",
+        audit_job,
+        AuditEvents,
+        errors=(401, 403, 404),
+        tag="audit",
+    ),
+]

@@ -1,0 +1,210 @@
+"""``shelby serve``: the coordinator, optionally with one agent beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import click
+import structlog
+import uvicorn
+
+from shelby.settings import DEFAULT_DB, Settings, data_dir_of, ensure_tokens
+
+__all__ = ["COMMANDS", "serve"]
+
+log = structlog.get_logger("shelby.serve")
+
+
+def _route_stdlib_logging() -> None:
+    """uvicorn logs through the standard library: send it out as the same JSON lines."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.JSONRenderer(),
+        ],
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def _die_with_parent() -> None:
+    """In the agent child: be killed when the server dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _start_agent(settings: Settings, url: str) -> subprocess.Popen[bytes]:
+    work_dir = data_dir_of(settings.db) / "agent"
+    env = {**os.environ, "SHELBY_JOIN_TOKEN": settings.join_token}
+    argv = [sys.executable, "-m", "shelby", "agent", "--server", url, "--work-dir", str(work_dir)]
+    return subprocess.Popen(
+        argv,
+        env=env,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _announce(settings: Settings, admin_generated: bool) -> None:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    base = f"http://{host}:{settings.port}/"
+    if settings.dev:
+        click.echo(f"Shelby (dev mode, credentials off): {base}", err=True)
+    elif admin_generated:
+        # The one time the generated token is shown; afterwards it is in the file.
+        click.echo(f"Shelby dashboard: {base}?token={settings.admin_token}", err=True)
+    else:
+        where = data_dir_of(settings.db) / "admin.token"
+        source = "$SHELBY_ADMIN_TOKEN" if os.environ.get("SHELBY_ADMIN_TOKEN") else str(where)
+        click.echo(f"Shelby dashboard: {base}?token=… (the admin token is in {source})", err=True)
+
+
+@click.command()
+@click.option(
+    "--db", default=None, help=f"SQLite file or postgresql:// URL [$SHELBY_DB; {DEFAULT_DB}]"
+)
+@click.option("--host", default=None, help="Address to bind [$SHELBY_HOST; 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="Port [$SHELBY_PORT; 8000]")
+@click.option(
+    "--lease-seconds", type=float, default=None, help="Node lease [$SHELBY_LEASE_SECONDS; 60]"
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="An allowed CORS origin (repeatable) [$SHELBY_CORS_ORIGINS, comma-separated]",
+)
+@click.option(
+    "--dev", is_flag=True, default=None, help="Credentials off, any CORS origin, loopback only"
+)
+@click.option(
+    "--rate-limit", default=None, help="Per token, e.g. 50/second, or off [$SHELBY_RATE_LIMIT]"
+)
+@click.option(
+    "--sweep-interval",
+    type=float,
+    default=None,
+    help="Seconds between lease sweeps [$SHELBY_SWEEP_INTERVAL; a quarter lease, at most 5]",
+)
+@click.option(
+    "--timeout-grace-seconds",
+    type=float,
+    default=None,
+    help="How long after a job's timeout the server ends it [$SHELBY_TIMEOUT_GRACE_SECONDS; 30]",
+)
+@click.option("--with-agent", is_flag=True, help="Also run one agent on this machine")
+def serve(
+    db: str | None,
+    host: str | None,
+    port: int | None,
+    lease_seconds: float | None,
+    cors_origins: tuple[str, ...],
+    dev: bool | None,
+    rate_limit: str | None,
+    sweep_interval: float | None,
+    timeout_grace_seconds: float | None,
+    with_agent: bool,
+) -> None:
+    """Run the coordinator."""
+    try:
+        settings = Settings.from_env(
+            db=db,
+            host=host,
+            port=port,
+            lease_seconds=lease_seconds,
+            cors_origins=cors_origins,
+            dev=dev or None,
+            rate_limit=rate_limit,
+            sweep_interval=sweep_interval,
+            timeout_grace_seconds=timeout_grace_seconds,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    settings, generated = ensure_tokens(settings)
+    _route_stdlib_logging()
+    if settings.dev:
+        log.warning("dev mode: credentials are off and every CORS origin is allowed")
+    _announce(settings, generated.admin_generated)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_run(settings, with_agent))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # not on Windows
+        return None
+    return uvloop.new_event_loop
+
+
+async def _run(settings: Settings, with_agent: bool) -> None:
+    from shelby.api.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        if with_agent:
+            # uvicorn only exposes a ``started`` flag, no event to wait on.
+            while not server.started and not serving.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            if server.started:
+                host = f"[{settings.host}]" if ":" in settings.host else settings.host
+                url = f"http://{host}:{settings.port}"
+                if settings.host in ("0.0.0.0", "::"):
+                    url = f"http://127.0.0.1:{settings.port}"
+                agent = _start_agent(settings, url)
+                log.info(
+                    "agent started", pid=agent.pid, work_dir=str(data_dir_of(settings.db) / "agent")
+                )
+        await serving
+    finally:
+        if agent is not None:
+            await asyncio.to_thread(_stop, agent)
+
+
+COMMANDS = (serve,)

@@ -1,0 +1,169 @@
+"""One settings object for the server, from flags and environment (API.md, "Operations").
+
+Flags win over the environment, which wins over the defaults. Tokens that are not set
+are generated once and kept in the data directory (beside the SQLite file), so that a
+restart keeps the dashboard link and the agents' join token working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+__all__ = [
+    "DEFAULT_DB",
+    "Settings",
+    "TokenFiles",
+    "data_dir_of",
+    "ensure_tokens",
+    "heartbeat_interval",
+    "is_loopback",
+    "parse_rate_limit",
+]
+
+DEFAULT_DB = "./shelby-data/shelby.db"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    db: str = DEFAULT_DB
+    host: str = "127.0.0.1"
+    port: int = 8000
+    lease_seconds: float = 60.0
+    cors_origins: tuple[str, ...] = ()
+    dev: bool = False
+    # "N/second" (or minute, hour) per token, per client address without one; "off".
+    rate_limit: str = "50/second"
+    admin_token: str = ""
+    join_token: str = ""
+    # How often the lease sweeper looks for silent nodes and overdue jobs; 0: a quarter
+    # of the lease, at most 5 s.
+    sweep_interval: float = 0.0
+    # The server ends a job that outlived its timeout only this long after it, so that
+    # the agent, which stops it at the timeout, gets to report it first.
+    timeout_grace_seconds: float = 30.0
+    max_body_bytes: int = 1 << 20
+    max_script_bytes: int = 8 << 20
+
+    @property
+    def effective_sweep_interval(self) -> float:
+        if self.sweep_interval > 0:
+            return self.sweep_interval
+        return min(max(self.lease_seconds / 4, 0.1), 5.0)
+
+    @property
+    def effective_cors_origins(self) -> tuple[str, ...]:
+        return ("*",) if self.dev else self.cors_origins
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **flags: object) -> Settings:
+        """Settings from ``env`` (default ``os.environ``), overridden by the flags that
+        are not ``None``."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if "SHELBY_DB" in env:
+            values["db"] = env["SHELBY_DB"]
+        if "SHELBY_HOST" in env:
+            values["host"] = env["SHELBY_HOST"]
+        if "SHELBY_PORT" in env:
+            values["port"] = int(env["SHELBY_PORT"])
+        if "SHELBY_LEASE_SECONDS" in env:
+            values["lease_seconds"] = float(env["SHELBY_LEASE_SECONDS"])
+        if env.get("SHELBY_CORS_ORIGINS"):
+            values["cors_origins"] = tuple(
+                o.strip() for o in env["SHELBY_CORS_ORIGINS"].split(",") if o.strip()
+            )
+        if "SHELBY_RATE_LIMIT" in env:
+            values["rate_limit"] = env["SHELBY_RATE_LIMIT"]
+        if "SHELBY_SWEEP_INTERVAL" in env:
+            values["sweep_interval"] = float(env["SHELBY_SWEEP_INTERVAL"])
+        if "SHELBY_TIMEOUT_GRACE_SECONDS" in env:
+            values["timeout_grace_seconds"] = float(env["SHELBY_TIMEOUT_GRACE_SECONDS"])
+        values["admin_token"] = env.get("SHELBY_ADMIN_TOKEN", "")
+        values["join_token"] = env.get("SHELBY_JOIN_TOKEN", "")
+        values.update({k: v for k, v in flags.items() if v is not None and v != ()})
+        settings = msgspec.convert(values, cls)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.lease_seconds <= 0:
+            raise ValueError("the lease must be a positive number of seconds")
+        parse_rate_limit(self.rate_limit)
+        if self.dev and not is_loopback(self.host):
+            raise ValueError(
+                f"--dev turns credentials off: it binds loopback only, not {self.host}"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def heartbeat_interval(lease_seconds: float) -> float:
+    """At most a third of the lease, so that two lost heartbeats do not lose a node."""
+    interval = min(10.0, lease_seconds / 3)
+    return float(int(interval)) if interval >= 1 else round(interval, 3)
+
+
+def parse_rate_limit(text: str) -> str | None:
+    """The ``limits`` expression for a setting, or ``None`` for ``off``."""
+    if text.strip().lower() == "off":
+        return None
+    from limits import parse
+
+    try:
+        parse(text)
+    except ValueError as exc:
+        raise ValueError(f"rate limit {text!r}: {exc}") from exc
+    return text
+
+
+def data_dir_of(db: str) -> Path:
+    """Where the server keeps its files: beside the SQLite file, or ``./shelby-data``
+    for a database URL."""
+    if "://" in db and not db.startswith("sqlite:///"):
+        return Path("./shelby-data")
+    return Path(db.removeprefix("sqlite:///")).parent
+
+
+class TokenFiles(msgspec.Struct, frozen=True):
+    admin_generated: bool
+    join_generated: bool
+
+
+def _kept_token(path: Path) -> tuple[str, bool]:
+    """The token stored at ``path``, made and stored first when there is none."""
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    # Owner-only from the first byte: the file is created with its mode, not chmodded.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
+
+
+def ensure_tokens(settings: Settings) -> tuple[Settings, TokenFiles]:
+    """Fill in the tokens the environment did not give, from the data directory."""
+    directory = data_dir_of(settings.db)
+    admin, join = settings.admin_token, settings.join_token
+    admin_new = join_new = False
+    if not admin:
+        admin, admin_new = _kept_token(directory / "admin.token")
+    if not join:
+        join, join_new = _kept_token(directory / "join.token")
+    updated = msgspec.structs.replace(settings, admin_token=admin, join_token=join)
+    return updated, TokenFiles(admin_new, join_new)

@@ -1,0 +1,187 @@
+"""Shared fixtures: a real ``shelby serve`` subprocess on a free loopback port.
+
+``shelby_server`` gives a running server with fixed tokens and a short lease;
+``server_factory`` starts more, with other flags (``--rate-limit``, ``--dev``, …).
+Each server keeps its stderr (the JSON log lines) in ``server.log_path``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ADMIN_TOKEN = "test-admin-token"
+JOIN_TOKEN = "test-join-token"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """One ``shelby serve`` process; ``restart`` keeps its port and database."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        lease_seconds: float = 3,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        admin_token: str | None = ADMIN_TOKEN,
+        join_token: str | None = JOIN_TOKEN,
+    ) -> None:
+        self.data_dir = data_dir
+        self.db = data_dir / "shelby.db"
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://{self.host}:{self.port}"
+        self.lease_seconds = lease_seconds
+        self.args = args
+        self.admin_token = admin_token or ""
+        self.join_token = join_token or ""
+        self.log_path = data_dir / "server.log"
+        self._env = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stdout_path = data_dir / "server.out"
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def start(self, timeout: float = 20.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")}
+        if self.admin_token:
+            env["SHELBY_ADMIN_TOKEN"] = self.admin_token
+        if self.join_token:
+            env["SHELBY_JOIN_TOKEN"] = self.join_token
+        env.setdefault("SHELBY_RATE_LIMIT", "off")
+        env.update(self._env)
+        argv = [
+            sys.executable,
+            "-m",
+            "shelby",
+            "serve",
+            "--db",
+            str(self.db),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--lease-seconds",
+            str(self.lease_seconds),
+            *self.args,
+        ]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as err, open(self.stdout_path, "ab") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
+        self.wait_ready(timeout)
+        if not self.admin_token:
+            # Generated at first start and kept beside the database.
+            self.admin_token = (self.data_dir / "admin.token").read_text().strip()
+        if not self.join_token:
+            self.join_token = (self.data_dir / "join.token").read_text().strip()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"shelby serve exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+                )
+            try:
+                r = httpx.get(f"{self.url}/api/frontend/system/health", timeout=1.0)
+                if r.status_code in (200, 503):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"shelby serve did not start in {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then wait for a clean exit (SIGKILL after ``timeout``)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # --- talking to it ------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    @staticmethod
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return self.bearer(self.admin_token)
+
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
+        """A client with the admin token (or ``token``; ``""`` for none)."""
+        token = self.admin_token if token is None else token
+        headers = self.bearer(token) if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=40.0, **kwargs)
+
+    def async_client(self, token: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        token = self.admin_token if token is None else token
+        headers = self.bearer(token) if token else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=40.0, **kwargs)
+
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start servers with ``server_factory(lease_seconds=…, args=(…), env={…})``; all are
+    stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def make(name: str | None = None, **kwargs: Any) -> ServerProcess:
+        server = ServerProcess(tmp_path / (name or f"server{len(started)}"), **kwargs)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def shelby_server(server_factory: ServerFactory) -> ServerProcess:
+    """A running ``shelby serve`` with fixed tokens, a 3 s lease and no rate limit."""
+    return server_factory("server")
