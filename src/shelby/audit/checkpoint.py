@@ -19,7 +19,6 @@ accept a note only if a key they trust signed it.
 from __future__ import annotations
 
 import base64
-import binascii
 
 import msgspec
 
@@ -77,7 +76,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
         raise NoteError(f"the tree size {size_text!r} is not a decimal number")
     try:
         root = base64.b64decode(root_text, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:
         raise NoteError("the root hash is not base64") from exc
     if len(root) != 32 or base64.b64encode(root).decode() != root_text:
         raise NoteError("the root hash is not 32 bytes in standard base64")
@@ -129,7 +128,7 @@ def open_note(note: str, key: PublicKey) -> str:
             raise NoteError(f"malformed signature line {line!r}")
         try:
             blob = base64.b64decode(encoded, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:
             raise NoteError("a signature is not base64") from exc
         if len(blob) < 5:
             raise NoteError("a signature is too short")

@@ -10,7 +10,6 @@ binds the type, so a signature over one kind of document cannot be replayed as a
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 import msgspec
@@ -56,13 +55,13 @@ def open_envelope(envelope: Envelope | dict[str, Any], key: PublicKey) -> bytes:
     try:
         env = envelope if isinstance(envelope, Envelope) else msgspec.convert(envelope, Envelope)
         body = base64.b64decode(env.payload, validate=True)
-    except (msgspec.ValidationError, binascii.Error) as exc:
+    except (msgspec.ValidationError, ValueError) as exc:
         raise EnvelopeError(f"not a DSSE envelope: {exc}") from exc
     message = pae(env.payload_type, body)
     for s in env.signatures:
         try:
             raw = base64.b64decode(s.sig, validate=True)
-        except binascii.Error:
+        except ValueError:
             continue
         if key.verify(raw, message):
             return body

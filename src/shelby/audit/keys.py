@@ -169,7 +169,7 @@ def parse_public_key(text: str, name: str | None = None) -> PublicKey:
             raise ValueError("the public key must be an Ed25519 key")
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return PublicKey(name or default_name(raw), raw)
-    parts = text.split("+")
+    parts = text.split("+", 2)
     if len(parts) != 3:
         raise ValueError("not a PEM public key nor a verifier key (name+hash+base64)")
     key_name, hash_hex, encoded = parts
