@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shelby.cli import log, serve
+from shelby.cli import log, migrate, serve
 from shelby.logs import configure_logging
 
 __all__ = ["main"]
@@ -17,5 +17,5 @@ def main() -> None:
     configure_logging()
 
 
-for command in (*log.COMMANDS, *serve.COMMANDS):
+for command in (*log.COMMANDS, *serve.COMMANDS, *migrate.COMMANDS):
     main.add_command(command)
