@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench format clean chromium
+.PHONY: install run test lint bench format clean chromium postgres
 
 install: $(STAMP)
 
@@ -27,7 +27,12 @@ lint: install
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-test: install lint chromium
+# The PostgreSQL store's tests need the local cluster (127.0.0.1:5432, trust auth); start it
+# when it is not answering.
+postgres:
+	@pg_isready -q -h 127.0.0.1 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+
+test: install lint chromium postgres
 	$(BIN)/pytest
 
 bench: install
