@@ -21,6 +21,7 @@ from shelby.projections.jobs import JOB_COLUMNS, STATUSES
 
 __all__ = [
     "ActiveNode",
+    "ActivityMinute",
     "Dashboard",
     "EventLogHead",
     "Health",
@@ -33,6 +34,7 @@ __all__ = [
     "ProvenanceEntry",
     "UsageView",
     "active_nodes",
+    "activity_view",
     "dashboard_view",
     "health_view",
     "job_detail_view",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 RECENT_JOBS = 10
+ACTIVITY_MINUTES = 60
 DETAIL_LOG_LINES = 1000
 
 
@@ -120,11 +123,23 @@ class JobStats(msgspec.Struct, frozen=True, kw_only=True):
     total: int
 
 
+class ActivityMinute(msgspec.Struct, frozen=True, kw_only=True):
+    """Jobs created, finished and failed in one minute (``minute`` = Unix seconds // 60)."""
+
+    minute: int
+    created: int
+    finished: int
+    failed: int
+
+
 class Dashboard(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     job_stats: JobStats
     active_nodes: int
     recent_jobs: list[JobView]
     timestamp: float
+    # The dashboard's jobs-over-time chart: the last ACTIVITY_MINUTES, minutes with
+    # nothing left out.
+    activity: list[ActivityMinute] = []
 
 
 class JobQueue(msgspec.Struct, frozen=True, kw_only=True):
@@ -414,6 +429,15 @@ async def count_active_nodes(store: EventStore, *, now: float, lease_seconds: fl
     return int(row[0]) if row else 0
 
 
+async def activity_view(store: EventStore, *, now: float) -> list[ActivityMinute]:
+    rows = await store.fetchall(
+        "SELECT minute, created, finished, failed FROM job_activity WHERE minute > ?"
+        " ORDER BY minute",
+        (int(now // 60) - ACTIVITY_MINUTES,),
+    )
+    return [ActivityMinute(minute=m, created=c, finished=f, failed=x) for m, c, f, x in rows]
+
+
 async def dashboard_view(store: EventStore, *, now: float, lease_seconds: float) -> Dashboard:
     counts = await job_counts(store)
     return Dashboard(
@@ -423,6 +447,7 @@ async def dashboard_view(store: EventStore, *, now: float, lease_seconds: float)
             store, now=now, lease_seconds=lease_seconds, limit=RECENT_JOBS
         ),
         timestamp=now,
+        activity=await activity_view(store, now=now),
     )
 
 
