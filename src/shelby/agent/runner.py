@@ -1,0 +1,357 @@
+"""One attempt of one job on this node: from an assignment and its script to an ending.
+
+The attempt gets a fresh directory of its own::
+
+    attempt-N/
+      dataset/   the dataset, fetched and checked against datasetHash
+      src/       the script, under its entrypoint's name (the working directory)
+      out/       SHELBY_OUTPUT_DIR: what the script leaves here is the model
+      log/       the log spool (spool.py)
+      state.json where the attempt is, so that a restarted agent can finish reporting
+
+The runner talks to no server: it reports lines to a sink and returns an ``Ending``;
+the agent (agent.py) carries both to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, TypeVar
+
+from shelby.agent.dataset import DatasetError, fetch_dataset
+from shelby.agent.environments import EnvironmentCache, EnvironmentFailed, Stopped
+from shelby.agent.modelhash import model_hash, output_files
+from shelby.agent.process import LineSink, StopRequest, TreeUsage, run_tree
+
+__all__ = [
+    "CANCELLED",
+    "SHUTDOWN",
+    "TIMEOUT",
+    "Assignment",
+    "AttemptRunner",
+    "Ending",
+    "Script",
+    "job_environment",
+    "stopped_ending",
+    "unless_stopped",
+]
+
+T = TypeVar("T")
+
+TIMEOUT = "timeout"
+"""The job outlived its ``timeoutMinutes``; also the error text API.md gives it."""
+CANCELLED = "cancelled"
+"""The server took the attempt back (deleted, restarted, handed elsewhere)."""
+SHUTDOWN = "shutdown"
+"""The agent itself is stopping."""
+
+_SCRUBBED = frozenset({"VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "__PYVENV_LAUNCHER__"})
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A job as ``GET /api/jobs/poll`` hands it out."""
+
+    job_id: str
+    attempt: int
+    dataset_url: str | None
+    dataset_hash: str | None
+    timeout_seconds: float
+    entrypoint: str | None
+
+    @classmethod
+    def from_poll(cls, job: Mapping[str, Any]) -> Assignment:
+        # API.md lists no timeout in the poll answer; take it when the server sends
+        # it, else derive it as the server does (twice the estimate, else an hour).
+        minutes = job.get("timeoutMinutes")
+        if minutes is None:
+            estimate = job.get("runtimeMinutesEstimate")
+            minutes = 2 * float(estimate) if estimate else 60.0
+        return cls(
+            job_id=str(job["jobId"]),
+            attempt=int(job.get("attempt") or 1),
+            dataset_url=job.get("datasetUrl") or None,
+            dataset_hash=job.get("datasetHash") or None,
+            timeout_seconds=float(minutes) * 60.0,
+            entrypoint=job.get("entrypoint"),
+        )
+
+
+@dataclass(frozen=True)
+class Script:
+    """``GET /api/jobs/fetch-script``'s answer."""
+
+    text: str
+    requirements: str
+    entrypoint: str
+    script_hash: str | None
+
+    @classmethod
+    def from_fetch(cls, answer: Mapping[str, Any]) -> Script:
+        return cls(
+            text=str(answer["script"]),
+            requirements=str(answer.get("requirements") or ""),
+            entrypoint=str(answer.get("entrypoint") or "train.py"),
+            script_hash=answer.get("scriptHash"),
+        )
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an attempt ended, as the agent will report it (or not, when cancelled)."""
+
+    status: Literal["finished", "failed", "cancelled"]
+    exit_code: int | None = None
+    error: str | None = None
+    model_hash: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    usage: TreeUsage | None = None
+
+    def finish_body(self, job_id: str, node_id: str, attempt: int) -> dict[str, Any]:
+        return {
+            "jobId": job_id,
+            "nodeId": node_id,
+            "attempt": attempt,
+            "status": self.status,
+            "modelHash": self.model_hash,
+            "exitCode": self.exit_code,
+            "error": self.error,
+            "metadata": self.metadata,
+        }
+
+    def usage_body(self) -> dict[str, Any] | None:
+        if self.usage is None:
+            return None
+        return {
+            "cpuSeconds": self.usage.cpu_seconds,
+            "wallSeconds": self.usage.wall_seconds,
+            "peakRamMB": self.usage.peak_ram_mb,
+            "gpuSeconds": self.usage.gpu_seconds,
+        }
+
+
+def job_environment(
+    base: Mapping[str, str], secrets: Iterable[str], extra: Mapping[str, str]
+) -> dict[str, str]:
+    """The environment a job's processes get: the agent's, minus everything that is
+    Shelby's (``SHELBY_*``: tokens, server address) and any variable holding one of
+    ``secrets`` under another name, plus ``extra``."""
+    hidden = [s for s in secrets if s]
+    env = {
+        name: value
+        for name, value in base.items()
+        if not name.startswith("SHELBY_")
+        and name not in _SCRUBBED
+        and not any(secret in value for secret in hidden)
+    }
+    env.update(extra)
+    return env
+
+
+def stopped_ending(reason: str, usage: TreeUsage | None = None) -> Ending:
+    match reason:
+        case "timeout":
+            return Ending(status="failed", error=TIMEOUT, usage=usage)
+        case "shutdown":
+            return Ending(status="failed", error="interrupted: the agent shut down", usage=usage)
+        case "cancelled":
+            return Ending(status="cancelled", usage=usage)
+        case _:
+            raise ValueError(f"unknown stop reason {reason!r}")
+
+
+def _exit_error(code: int, last_stderr: str | None) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        text = f"killed by {name}"
+    else:
+        text = f"exit code {code}"
+    return f"{text}: {last_stderr}" if last_stderr else text
+
+
+def _safe_entrypoint(entrypoint: str) -> str | None:
+    path = PurePosixPath(entrypoint)
+    if path.is_absolute() or ".." in path.parts or not path.parts or "\0" in entrypoint:
+        return None
+    return str(path)
+
+
+async def unless_stopped(work: Awaitable[T], stop: StopRequest) -> T | None:
+    """``work``'s result, or ``None`` (``work`` cancelled) when a stop comes first."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
+
+
+class AttemptRunner:
+    def __init__(
+        self,
+        environments: EnvironmentCache,
+        *,
+        secrets: Callable[[], Iterable[str]],
+        kill_grace: float = 5.0,
+        track_gpus: bool = False,
+    ) -> None:
+        self._environments = environments
+        self._secrets = secrets
+        self._kill_grace = kill_grace
+        self._track_gpus = track_gpus
+
+    async def run(
+        self,
+        assignment: Assignment,
+        script: Script,
+        directory: Path,
+        *,
+        sink: LineSink,
+        stop: StopRequest,
+        on_spawn: Callable[[int], None] | None = None,
+    ) -> Ending:
+        def system(text: str) -> None:
+            sink("system", f"[shelby] {text}", time.time())
+
+        out = directory / "out"
+        src = directory / "src"
+        for made in (out, src):
+            made.mkdir(parents=True, exist_ok=True)
+        base_env = job_environment(os.environ, self._secrets(), {})
+
+        if script.script_hash is not None:
+            actual = "sha256:" + hashlib.sha256(script.text.encode()).hexdigest()
+            if actual != script.script_hash:
+                return Ending(
+                    status="failed",
+                    error=f"script hash mismatch: the server says {script.script_hash},"
+                    f" the script received is {actual}",
+                )
+        entrypoint = _safe_entrypoint(script.entrypoint)
+        if entrypoint is None:
+            return Ending(
+                status="failed",
+                error=f"entrypoint {script.entrypoint!r} is not a relative path",
+            )
+
+        dataset_path: Path | None = None
+        dataset_hash: str | None = None
+        if assignment.dataset_url:
+            system(f"fetching the dataset {assignment.dataset_url}")
+            try:
+                fetched = await unless_stopped(
+                    fetch_dataset(
+                        assignment.dataset_url, assignment.dataset_hash, directory / "dataset"
+                    ),
+                    stop,
+                )
+            except DatasetError as exc:
+                system(str(exc))
+                return Ending(status="failed", error=str(exc))
+            if fetched is None:
+                return stopped_ending(stop.reason or SHUTDOWN)
+            dataset_path, dataset_hash = fetched
+            checked = "matches datasetHash" if assignment.dataset_hash else "no datasetHash given"
+            system(f"dataset {dataset_path.name} is {dataset_hash} ({checked})")
+
+        try:
+            environment = await self._environments.environment(
+                script.requirements, env=base_env, sink=sink, stop=stop
+            )
+        except Stopped as exc:
+            return stopped_ending(exc.reason)
+        except EnvironmentFailed as exc:
+            system(str(exc))
+            return Ending(status="failed", error=str(exc))
+        if stop.reason is not None:
+            return stopped_ending(stop.reason)
+
+        target = src / entrypoint
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(script.text, encoding="utf-8")
+        bin_dir = environment / "bin"
+        env = job_environment(
+            os.environ,
+            self._secrets(),
+            {
+                "SHELBY_JOB_ID": assignment.job_id,
+                "SHELBY_ATTEMPT": str(assignment.attempt),
+                "SHELBY_DATASET_PATH": str(dataset_path) if dataset_path else "",
+                "SHELBY_OUTPUT_DIR": str(out),
+                "VIRTUAL_ENV": str(environment),
+                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+                "PYTHONUNBUFFERED": "1",
+            },
+        )
+        if entrypoint.endswith(".sh"):
+            argv = ["/bin/sh", entrypoint]
+        else:
+            argv = [str(self._environments.python_of(environment)), "-u", entrypoint]
+
+        last_stderr: list[str] = []
+
+        def script_sink(stream: str, text: str, at: float) -> None:
+            if stream == "stderr" and text.strip():
+                last_stderr[:] = [text.strip()[:500]]
+            sink(stream, text, at)
+
+        system(f"running {entrypoint} (attempt {assignment.attempt})")
+        done = await run_tree(
+            argv,
+            cwd=src,
+            env=env,
+            sink=script_sink,
+            stop=stop,
+            on_spawn=on_spawn,
+            kill_grace=self._kill_grace,
+            track_gpus=self._track_gpus,
+        )
+        if dataset_path is not None:
+            # The dataset may be large and is fetched again by any later attempt; the
+            # output stays: on this node it is the only copy of the model.
+            with contextlib.suppress(OSError):
+                dataset_path.unlink()
+        if done.stopped is not None:
+            system(f"stopped ({done.stopped}) after {done.usage.wall_seconds:.1f} s")
+            return stopped_ending(done.stopped, done.usage)
+        system(f"exited with code {done.code} after {done.usage.wall_seconds:.1f} s")
+        metadata: dict[str, Any] = {}
+        if dataset_hash is not None:
+            metadata["datasetHash"] = dataset_hash
+        if done.code != 0:
+            return Ending(
+                status="failed",
+                exit_code=done.code,
+                error=_exit_error(done.code, last_stderr[0] if last_stderr else None),
+                metadata=metadata,
+                usage=done.usage,
+            )
+        files = await asyncio.to_thread(output_files, out)
+        digest = await asyncio.to_thread(model_hash, out)
+        metadata["outputFiles"] = len(files)
+        metadata["outputBytes"] = sum(os.lstat(os.fsencode(out) + f[1:]).st_size for f in files)
+        system(f"model {digest} ({len(files)} files)")
+        return Ending(
+            status="finished",
+            exit_code=0,
+            model_hash=digest,
+            metadata=metadata,
+            usage=done.usage,
+        )
