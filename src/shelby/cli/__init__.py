@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shelby.cli import log, migrate, serve
+from shelby.cli import agent, client, log, migrate, serve
 from shelby.logs import configure_logging
 
 __all__ = ["main"]
@@ -17,5 +17,11 @@ def main() -> None:
     configure_logging()
 
 
-for command in (*log.COMMANDS, *serve.COMMANDS, *migrate.COMMANDS):
+for command in (
+    *log.COMMANDS,
+    *serve.COMMANDS,
+    *agent.COMMANDS,
+    *client.COMMANDS,
+    *migrate.COMMANDS,
+):
     main.add_command(command)
