@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     timeout_grace_seconds: float = 30.0
     max_body_bytes: int = 1 << 20
     max_script_bytes: int = 8 << 20
+    # An operator's Ed25519 key file (PEM); empty: one made in the data directory.
+    signing_key: str = ""
 
     @property
     def effective_sweep_interval(self) -> float:
@@ -83,6 +85,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["sweep_interval"] = float(env["SHELBY_SWEEP_INTERVAL"])
         if "SHELBY_TIMEOUT_GRACE_SECONDS" in env:
             values["timeout_grace_seconds"] = float(env["SHELBY_TIMEOUT_GRACE_SECONDS"])
+        if "SHELBY_SIGNING_KEY" in env:
+            values["signing_key"] = env["SHELBY_SIGNING_KEY"]
         values["admin_token"] = env.get("SHELBY_ADMIN_TOKEN", "")
         values["join_token"] = env.get("SHELBY_JOIN_TOKEN", "")
         values.update({k: v for k, v in flags.items() if v is not None and v != ()})

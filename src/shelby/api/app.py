@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 
-from shelby.api import agents, audit, frontend, operations
+from shelby.api import agents, audit, frontend, operations, transparency
 from shelby.api.endpoint import Endpoint, endpoint_route
 from shelby.api.errors import http_exception_handler
 from shelby.api.metrics import Metrics
@@ -32,6 +32,7 @@ ENDPOINTS: list[Endpoint] = [
     *frontend.ENDPOINTS,
     *agents.ENDPOINTS,
     *audit.ENDPOINTS,
+    *transparency.ENDPOINTS,
     *operations.ENDPOINTS,
 ]
 
@@ -64,6 +65,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
+        transparency.signing_key(service)  # made at first start, not at first use
         unsubscribe = service.store.subscribe(metrics.on_committed)
         sweeper.start()
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shelby.cli import agent, client, log, migrate, serve
+from shelby.cli import agent, audit, client, log, migrate, serve
 from shelby.logs import configure_logging
 
 __all__ = ["main"]
@@ -23,5 +23,6 @@ for command in (
     *agent.COMMANDS,
     *client.COMMANDS,
     *migrate.COMMANDS,
+    *audit.COMMANDS,
 ):
     main.add_command(command)

@@ -123,6 +123,7 @@ def _announce(settings: Settings, admin_generated: bool) -> None:
     default=None,
     help="How long after a job's timeout the server ends it [$SHELBY_TIMEOUT_GRACE_SECONDS; 30]",
 )
+@click.option("--signing-key", default=None, help="Ed25519 PEM key file [$SHELBY_SIGNING_KEY]")
 @click.option("--with-agent", is_flag=True, help="Also run one agent on this machine")
 def serve(
     db: str | None,
@@ -134,6 +135,7 @@ def serve(
     rate_limit: str | None,
     sweep_interval: float | None,
     timeout_grace_seconds: float | None,
+    signing_key: str | None,
     with_agent: bool,
 ) -> None:
     """Run the coordinator."""
@@ -148,6 +150,7 @@ def serve(
             rate_limit=rate_limit,
             sweep_interval=sweep_interval,
             timeout_grace_seconds=timeout_grace_seconds,
+            signing_key=signing_key,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
