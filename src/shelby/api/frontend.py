@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 
 import msgspec
+import structlog
 
 from shelby.api import views
 from shelby.api.auth import Access
@@ -30,6 +31,7 @@ from shelby.events.types import Resources, job_stream
 __all__ = ["ENDPOINTS"]
 
 _encoder = msgspec.json.Encoder()
+log = structlog.get_logger("shelby.api")
 
 
 def _view_args(call: Call) -> dict[str, float]:
@@ -50,7 +52,9 @@ async def dashboard(call: Call) -> views.Dashboard:
 async def health(call: Call) -> views.Health | Raw:
     try:
         return await views.health_view(call.service.store, **_view_args(call))
-    except StoreUnavailable:
+    except Exception as exc:  # whatever the driver says, the database is not usable
+        if not isinstance(exc, StoreUnavailable):
+            log.warning("health check failed", error=repr(exc))
         body = _encoder.encode(views.unhealthy(call.service.now()))
         return Raw(body, "application/json", 503)
 
