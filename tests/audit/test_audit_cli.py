@@ -277,3 +277,63 @@ def test_cli_names_the_event_that_fails_and_refuses_a_foreign_key(
     rehashed = shelby("audit", "j1", "--db", str(copy))
     assert rehashed.returncode == 1
     assert f"event seq {seq} (ScriptUploaded): its inclusion proof" in rehashed.stderr
+
+
+def test_server_makes_an_owner_only_key_or_uses_the_operators(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """At first start the key is made beside the database with mode 0600; with
+    SHELBY_SIGNING_KEY the operator's OpenSSL key is the one published."""
+    made = server_factory("made")
+    key_file = made.data_dir / "signing-key.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    op_key = tmp_path / "operator.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(op_key)], check=True)
+    der = subprocess.run(
+        ["openssl", "pkey", "-in", str(op_key), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    given = server_factory("given", env={"SHELBY_SIGNING_KEY": str(op_key)})
+    with given.client() as c:
+        published = base64.b64decode(_get(c, "/api/audit/public-key")["publicKey"])
+    assert published == der[-32:]  # an Ed25519 SPKI ends with the raw key
+    assert not (given.data_dir / "signing-key.pem").exists()
+
+
+def test_db_mode_verifies_and_exports_with_the_data_directorys_key(
+    shelby_server: ServerProcess, tmp_path: Path
+) -> None:
+    """`shelby audit --db` proves the job from the local file, accepts a checkpoint the
+    server signed, and exports the same statement the server attests."""
+    run_job(shelby_server, "j1")
+    env = {"SHELBY_ADMIN_TOKEN": shelby_server.admin_token}
+    saved = tmp_path / "cp.txt"
+    served = tmp_path / "served.json"
+    r = shelby(
+        "audit",
+        "j1",
+        "--server",
+        shelby_server.url,
+        "--save-checkpoint",
+        str(saved),
+        "--export",
+        str(served),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    local = tmp_path / "local.json"
+    r = shelby(
+        "audit",
+        "j1",
+        "--db",
+        str(shelby_server.db),
+        "--checkpoint",
+        str(saved),
+        "--export",
+        str(local),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "checkpoint signed by" in r.stdout and "only grew" in r.stdout
+    a, b = json.loads(served.read_text()), json.loads(local.read_text())
+    assert base64.b64decode(a["payload"]) == base64.b64decode(b["payload"])
