@@ -3,7 +3,7 @@
 import { adoptTokenFromUrl, onApiError, setToken } from "./api.js";
 import { showError } from "./alerts.js";
 import { askForToken } from "./auth.js";
-import { onLiveState } from "./live.js";
+import { announce, onLiveState } from "./live.js";
 import * as overview from "./pages/overview.js";
 import * as jobs from "./pages/jobs.js";
 import * as job from "./pages/job.js";
@@ -75,8 +75,10 @@ onApiError((err) => {
 onLiveState((state) => {
   const el = document.getElementById("live");
   el.dataset.state = state;
-  el.textContent = { live: "live", connecting: "reconnecting…", offline: "offline" }[state];
+  el.textContent = { live: "live", connecting: "connecting…", offline: "offline", idle: "" }[state];
+  el.hidden = state === "idle";
 });
 
 window.addEventListener("hashchange", route);
 route();
+announce();

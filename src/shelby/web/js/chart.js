@@ -8,7 +8,6 @@ export const SERIES = [
   { key: "failed", label: "Failed", cls: "series-failed" },
 ];
 
-const W = 640;
 const H = 220;
 const M = { top: 12, right: 12, bottom: 26, left: 34 };
 
@@ -39,7 +38,9 @@ function hhmm(minute) {
   return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
 }
 
-export function activityChart(rows, now, minutes = 60) {
+/** ``width``: the box's width in CSS pixels, so that text is drawn at its real size. */
+export function activityChart(rows, now, { minutes = 60, width = 640 } = {}) {
+  const W = Math.max(280, Math.round(width));
   const data = buckets(rows, now, minutes);
   const totals = Object.fromEntries(SERIES.map((s) => [s.key, data.reduce((a, d) => a + d[s.key], 0)]));
   const max = niceMax(Math.max(0, ...data.flatMap((d) => SERIES.map((s) => d[s.key]))));
@@ -59,7 +60,8 @@ export function activityChart(rows, now, minutes = 60) {
   });
   const ticks = [];
   for (let i = 0; i < data.length; i += 1) {
-    if ((data.length - 1 - i) % 15 === 0) {
+    // A label every 15 minutes, or every 30 where they would crowd.
+    if ((data.length - 1 - i) % (W < 480 ? 30 : 15) === 0) {
       ticks.push(h("text", { class: "tick", x: x(i), y: H - 8, "text-anchor": i === 0 ? "start" : i === data.length - 1 ? "end" : "middle" }, hhmm(data[i].minute)));
     }
   }

@@ -11,17 +11,19 @@ export const CLOSE_TOO_SLOW = 1013; // the client fell behind: reconnect and res
 const stateListeners = new Set();
 const open = new Set();
 
-/** ``fn(state)`` with state "live", "connecting" or "offline" for the page as a whole. */
+/** ``fn(state)``: "live", "connecting", "offline" or "idle", for the page as a whole. */
 export function onLiveState(fn) {
   stateListeners.add(fn);
   return () => stateListeners.delete(fn);
 }
 
-function announce() {
+/** Tells the listeners the state of the page's connections ("idle" when it has none). */
+export function announce() {
   const states = [...open].map((c) => c.state);
-  const state = states.length === 0 || states.every((s) => s === "live")
-    ? "live"
-    : states.some((s) => s === "offline") ? "offline" : "connecting";
+  let state = "connecting";
+  if (states.length === 0) state = "idle";
+  else if (states.every((s) => s === "live")) state = "live";
+  else if (states.some((s) => s === "offline")) state = "offline";
   stateListeners.forEach((fn) => fn(state));
 }
 

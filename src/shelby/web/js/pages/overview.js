@@ -46,9 +46,19 @@ export function mount(main) {
   });
   // "x ago" columns move with time even when nothing happens.
   const tick = setInterval(() => last && renderRecent(recent, last.recentJobs || [], skew), 10000);
+  // The chart is drawn for its box's width: redraw it when that changes.
+  let drawnWidth = 0;
+  const resized = new ResizeObserver(() => {
+    if (last && Math.abs(chart.clientWidth - drawnWidth) > 8) {
+      drawnWidth = chart.clientWidth;
+      renderChart(chart, last);
+    }
+  });
+  resized.observe(chart);
   return () => {
     stop();
     clearInterval(tick);
+    resized.disconnect();
   };
 }
 
@@ -78,7 +88,8 @@ function renderChart(el, data) {
     fill(el, h("p.muted", {}, "The server sent no activity data."));
     return;
   }
-  const { svg, legend } = activityChart(data.activity, data.timestamp ?? Date.now() / 1000);
+  const { svg, legend } = activityChart(data.activity, data.timestamp ?? Date.now() / 1000,
+    { width: el.clientWidth || 640 });
   fill(el, legend, svg);
 }
 
