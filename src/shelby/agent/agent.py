@@ -91,7 +91,10 @@ class Agent:
         self.node_id: str | None = None
         self.heartbeat_interval = 10.0
         self.lease_seconds: float | None = None
-        self._held: dict[str, StopRequest] = {}
+        # Every attempt this node holds, running or still reporting. Keyed by attempt
+        # too: after a lost lease the same job can come back as the next attempt while
+        # the stale one is still being stopped.
+        self._held: dict[tuple[str, int], StopRequest] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._capacity = asyncio.Semaphore(config.max_jobs)
         self._stopping = asyncio.Event()
@@ -132,7 +135,7 @@ class Agent:
             heartbeat = asyncio.create_task(self._heartbeats())
             polling = asyncio.create_task(self._polls())
             await self._stopping.wait()
-            log.info("shutting down", running=sorted(self._held))
+            log.info("shutting down", running=self._held_jobs())
             polling.cancel()
             for request in self._held.values():
                 request.request(SHUTDOWN)
@@ -237,9 +240,13 @@ class Agent:
         backoff = Backoff(cap=max(0.25, min(self.config.max_backoff, self.heartbeat_interval)))
         while True:
             delay = self.heartbeat_interval
+            # Only what was held when the heartbeat left can be cancelled by its answer:
+            # an attempt taken meanwhile (the same job's next attempt) is not the one the
+            # server meant.
+            sent = set(self._held)
             try:
                 answer = await self.client.heartbeat(
-                    self._node, specs.live_usage(), sorted(self._held)
+                    self._node, specs.live_usage(), self._held_jobs()
                 )
             except Unreachable as exc:
                 delay = min(backoff.next_delay(), self.heartbeat_interval)
@@ -256,9 +263,10 @@ class Agent:
                     log.info("heartbeat through again", after_failures=backoff.failures)
                 backoff.reset()
                 for job_id in answer.get("cancelJobs") or []:
-                    if (request := self._held.get(job_id)) is not None:
-                        log.info("server cancelled the job", job_id=job_id)
-                        request.request(CANCELLED)
+                    for (held, attempt), request in list(self._held.items()):
+                        if held == job_id and (held, attempt) in sent:
+                            log.info("server cancelled the job", job_id=job_id, attempt=attempt)
+                            request.request(CANCELLED)
             await asyncio.sleep(delay)
 
     # --- polling -------------------------------------------------------------------
@@ -276,8 +284,8 @@ class Agent:
                     what="poll",
                     on_not_registered=self._reregister,
                 )
-                if job is not None and str(job.get("jobId")) not in self._held:
-                    self._spawn(self._attempt(job))
+                if job is not None:
+                    self._take(job)
                     handed_over = True
                 elif time.monotonic() - asked < 0.5:
                     # An answer without waiting (a server that ignores ``wait``): pace it.
@@ -288,6 +296,22 @@ class Agent:
             finally:
                 if not handed_over:
                     self._capacity.release()
+
+    def _held_jobs(self) -> list[str]:
+        return sorted({job_id for job_id, _ in self._held})
+
+    def _take(self, job: dict[str, Any]) -> None:
+        """Start an assignment. An older attempt of the same job still held here is
+        stale: the server moved on, so it is stopped and reports nothing more."""
+        job_id, attempt = str(job["jobId"]), int(job.get("attempt") or 1)
+        for (held, held_attempt), request in self._held.items():
+            if held == job_id and held_attempt < attempt:
+                request.request(CANCELLED)
+        if (job_id, attempt) in self._held:
+            log.warning("the server handed out an attempt already held", job_id=job_id)
+            self._capacity.release()
+            return
+        self._spawn(self._attempt(job))
 
     # --- one attempt ---------------------------------------------------------------
 
@@ -310,7 +334,7 @@ class Agent:
         assignment = Assignment.from_poll(job)
         job_id = assignment.job_id
         stop = StopRequest()
-        self._held[job_id] = stop
+        self._held[job_id, assignment.attempt] = stop
         structlog.contextvars.bind_contextvars(job_id=job_id, attempt=assignment.attempt)
         log.info("assigned", timeout_seconds=assignment.timeout_seconds)
         directory = attempt_directory(self.config.work_dir, job_id, assignment.attempt)
@@ -348,7 +372,8 @@ class Agent:
                 shipping.cancel()
             if spool is not None:
                 spool.close()
-            self._held.pop(job_id, None)
+            if self._held.get((job_id, assignment.attempt)) is stop:
+                del self._held[job_id, assignment.attempt]
             self._capacity.release()
 
     async def _run(
@@ -428,7 +453,8 @@ class Agent:
         ``finishing`` (reported in part)."""
         structlog.contextvars.bind_contextvars(job_id=state.job_id, attempt=state.attempt)
         stop = StopRequest()
-        self._held.setdefault(state.job_id, stop)
+        key = (state.job_id, state.attempt)
+        self._held.setdefault(key, stop)
         spool, shipper = self._shipper(state, stop)
         try:
             if state.phase in ACTIVE:
@@ -449,5 +475,5 @@ class Agent:
             log.exception("recovery crashed")
         finally:
             spool.close()
-            if self._held.get(state.job_id) is stop:
-                del self._held[state.job_id]
+            if self._held.get(key) is stop:
+                del self._held[key]

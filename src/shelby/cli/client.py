@@ -85,6 +85,11 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _short_hash(value: str | None) -> str:
+    """Enough of a hash to tell models apart in a table; ``shelby logs`` shows it whole."""
+    return value[:19] + "…" if value and len(value) > 20 else value or ""
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -159,7 +164,8 @@ def submit(
         )
     out.print(
         f"submitted [bold]{job['jobId']}[/bold]  script {uploaded['scriptHash']}"
-        f"  entrypoint {uploaded['entrypoint']}"
+        f"  entrypoint {uploaded['entrypoint']}",
+        soft_wrap=True,
     )
     out.print(f"follow it with: shelby logs {job['jobId']} -f", style="dim")
 
@@ -179,11 +185,12 @@ def jobs(server: str, token: str | None, status: str | None, limit: int) -> None
     with Api(server, token) as api:
         answer = api.call("GET", "/api/frontend/jobs", params=params)
     table = Table(title=f"{answer['count']} jobs")
-    for column in ("job", "status", "attempt", "dataset", "node", "created", "took", "result"):
-        table.add_column(column, overflow="fold")
+    for column in ("job", "status", "attempt", "dataset", "node", "created", "took"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("result", overflow="fold")
     for job in answer["jobs"]:
         if job["status"] == "finished":
-            result = job.get("modelHash") or ""
+            result = _short_hash(job.get("modelHash"))
         elif job["status"] == "failed":
             result = job.get("error") or f"exit {job.get('exitCode')}"
         else:
@@ -209,7 +216,9 @@ def nodes(server: str, token: str | None) -> None:
     with Api(server, token) as api:
         answer = api.call("GET", "/api/frontend/nodes")
     table = Table(title=f"{answer['count']} nodes")
-    for column in ("node", "name", "status", "seen", "cpu", "ram", "specs", "labels", "jobs"):
+    for column in ("node", "name", "status", "seen", "cpu", "ram"):
+        table.add_column(column, no_wrap=True)
+    for column in ("specs", "labels", "jobs"):
         table.add_column(column, overflow="fold")
     for node in answer["nodes"]:
         specs = node.get("specs") or {}
