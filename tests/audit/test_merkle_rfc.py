@@ -139,3 +139,20 @@ def test_the_empty_tree_and_equal_sizes_follow_the_rfc() -> None:
     assert not auditor.verify_consistency(5, 5, r, rfc.mth(leaves[:4]), [])
     assert auditor.verify_consistency(0, 5, rfc.mth([]), r, [])
     assert not auditor.verify_consistency(0, 5, rfc.mth([]), r, [r])
+
+
+@settings(max_examples=300)
+@given(tree_and_leaf(), st.integers(1, 70))
+def test_a_path_of_the_wrong_length_for_the_claimed_size_fails(
+    case: tuple[list[bytes], int], other_size: int
+) -> None:
+    """A path and root claimed for a tree size whose audit path for that leaf has another
+    length (or that lacks the leaf) fail. Sizes of the same shape cannot be told apart
+    by a path: the signed checkpoint is what binds the size."""
+    leaves, index = case
+    root, p = rfc.mth(leaves), rfc.path(index, leaves)
+    if index < other_size and len(rfc.path(index, [b""] * other_size)) == len(p):
+        return
+    lh = auditor.leaf_hash(leaves[index])
+    assert not rfc.verify_inclusion(index, other_size, leaves[index], p, root)
+    assert not auditor.verify_inclusion(index, other_size, lh, p, root)
