@@ -38,8 +38,8 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--join-token",
     envvar="SHELBY_JOIN_TOKEN",
-    required=True,
-    help="The server's join token ($SHELBY_JOIN_TOKEN).",
+    default="",
+    help="The server's join token ($SHELBY_JOIN_TOKEN); a --dev server needs none.",
 )
 @click.option(
     "--work-dir",
