@@ -3,6 +3,8 @@ the real command handler, for the audit tests."""
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,14 +23,38 @@ MODEL = "sha256:" + "ab" * 32
 DATASET = "sha256:" + "cd" * 32
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteEventStore]:
-    s = SQLiteEventStore(tmp_path / "shelby.db", all_projections())
-    await s.open()
+PG_ADMIN_URL = os.environ.get("SHELBY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+    """Each backend's store, fresh: a SQLite file, or a database of its own on the test
+    PostgreSQL cluster (``make test`` starts it), dropped afterwards."""
+    if request.param == "sqlite":
+        s: EventStore = SQLiteEventStore(tmp_path / "shelby.db", all_projections())
+        await s.open()
+        try:
+            yield s
+        finally:
+            await s.close()
+        return
+    import asyncpg
+
+    from shelby.events.postgres import PostgresEventStore
+
+    name = f"shelby_audit_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
     try:
-        yield s
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        s = PostgresEventStore(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name, all_projections())
+        await s.open()
+        try:
+            yield s
+        finally:
+            await s.close()
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
-        await s.close()
+        await admin.close()
 
 
 def as_audit(rec: Recorded) -> AuditEvent:

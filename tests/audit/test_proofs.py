@@ -7,7 +7,7 @@ import pytest
 
 from shelby.audit import proofs
 from shelby.audit.verification import event_hash
-from shelby.events.sqlite import SQLiteEventStore
+from shelby.events.store import EventStore
 from shelby.events.types import NodeHeartbeat, node_stream
 
 from . import rfc9162 as rfc
@@ -16,7 +16,7 @@ from .conftest import as_audit, run_job
 N = 37
 
 
-async def _fill(store: SQLiteEventStore, n: int) -> list[bytes]:
+async def _fill(store: EventStore, n: int) -> list[bytes]:
     """``n`` events in batches of varying size, across three streams; their hashes."""
     versions: dict[str, int] = {}
     written = 0
@@ -37,7 +37,7 @@ async def _fill(store: SQLiteEventStore, n: int) -> list[bytes]:
     return [bytes.fromhex(r.hash) for r in await store.read_all(0, n + 1)]
 
 
-async def test_roots_and_proofs_match_the_rfc_for_every_size(store: SQLiteEventStore) -> None:
+async def test_roots_and_proofs_match_the_rfc_for_every_size(store: EventStore) -> None:
     """Each tree size's root is MTH, each event's path is PATH, each pair's proof is PROOF."""
     leaves = await _fill(store, N)
     for size in range(0, N + 1):
@@ -55,7 +55,7 @@ async def test_roots_and_proofs_match_the_rfc_for_every_size(store: SQLiteEventS
             assert rfc.verify_consistency(first, size, c.first_root, c.second_root, c.path)
 
 
-async def test_defaults_cover_the_whole_log(store: SQLiteEventStore) -> None:
+async def test_defaults_cover_the_whole_log(store: EventStore) -> None:
     """Without a tree size, proofs are against the log as it stands."""
     leaves = await _fill(store, 10)
     assert (await proofs.tree_head(store)).size == 10
@@ -65,7 +65,7 @@ async def test_defaults_cover_the_whole_log(store: SQLiteEventStore) -> None:
     assert (c.second, c.path) == (10, rfc.proof(4, leaves))
 
 
-async def test_sizes_beyond_the_log_are_refused(store: SQLiteEventStore) -> None:
+async def test_sizes_beyond_the_log_are_refused(store: EventStore) -> None:
     """A tree bigger than the log, or an event outside the tree, is OutOfRange."""
     await _fill(store, 5)
     with pytest.raises(proofs.OutOfRange):
@@ -80,7 +80,7 @@ async def test_sizes_beyond_the_log_are_refused(store: SQLiteEventStore) -> None
         await proofs.consistency(store, 5, 4)
 
 
-async def test_event_hashes_follow_the_readme_layout(store: SQLiteEventStore) -> None:
+async def test_event_hashes_follow_the_readme_layout(store: EventStore) -> None:
     """The auditor's hash of each event (json + hashlib only) is the store's chain hash,
     floats, unicode and control characters included."""
     events = await run_job(store)
