@@ -31,6 +31,7 @@ function pick({ parts }) {
 
 let unmount = null;
 let mountedKey = null;
+let routed = false;
 
 function route() {
   const r = parseRoute();
@@ -56,7 +57,10 @@ function route() {
     return;
   }
   unmount = page.mount(main, { ...params, query: r.query }) || null;
-  main.focus({ preventScroll: true });
+  // After a navigation, keyboard and screen-reader users start at the new content; on
+  // the first load they start at the top (the skip link), as on any page.
+  if (routed && !main.contains(document.activeElement)) main.focus({ preventScroll: true });
+  routed = true;
 }
 
 document.getElementById("token-form").addEventListener("submit", () => {

@@ -30,7 +30,9 @@ export function mount(main, { query }) {
     table,
   );
 
-  state = { status, search, table, count, jobs: null, skew: 0, signature: null, loading: null };
+  state = {
+    status, search, table, count, jobs: null, skew: 0, signature: null, loading: null, loadedStatus: null,
+  };
   const s = state;
   status.addEventListener("change", () => setQuery({ status: status.value }));
   search.addEventListener("input", () => setQuery({ q: search.value }));
@@ -66,9 +68,9 @@ export function update(query) {
   const wanted = query.get("status") || "";
   const q = query.get("q") || "";
   if (s.search.value !== q && document.activeElement !== s.search) s.search.value = q;
-  const statusChanged = s.status.value !== wanted || s.jobs === null;
   s.status.value = wanted;
-  if (statusChanged) load(s);
+  // Compared with what was loaded, not with the select, which the person just changed.
+  if (s.loadedStatus !== wanted) load(s);
   else render(s);
 }
 
@@ -86,6 +88,7 @@ function setQuery(changes) {
 
 async function load(s) {
   const status = s.status.value;
+  s.loadedStatus = status;
   const ticket = {};
   s.loading = ticket;
   try {

@@ -87,14 +87,14 @@ function renderNodes(table, summary, nodes, skew) {
       const specs = n.specs || {};
       const running = n.runningJobs || [];
       return h("tr", { dataset: { nodeId: n.nodeId } },
-        h("td", { "data-label": "Node" }, h("strong", {}, n.name || n.nodeId),
-          n.name && n.name !== n.nodeId ? h("div.muted.small.mono", {}, n.nodeId) : null),
+        h("td", { "data-label": "Node" }, h("div", {}, h("strong", {}, n.name || n.nodeId),
+          n.name && n.name !== n.nodeId ? h("div.muted.small.mono", {}, n.nodeId) : null)),
         h("td", { "data-label": "Status" }, h(`span.badge.node-${n.status}`, {}, n.status)),
         h("td.meter-cell", { "data-label": "CPU" }, bar("CPU", specs.cpuUsage)),
         h("td.meter-cell", { "data-label": "RAM" }, bar("RAM", specs.ramUsage)),
         h("td", { "data-label": "Specs" }, specsText(specs)),
         h("td", { "data-label": "Running" }, running.length
-          ? running.map((id, i) => [i ? ", " : "", h("a", { href: `#/jobs/${encodeURIComponent(id)}` }, id)])
+          ? h("span", {}, running.map((id, i) => [i ? ", " : "", h("a", { href: `#/jobs/${encodeURIComponent(id)}` }, id)]))
           : h("span.muted", {}, "idle")),
         h("td", { "data-label": "Last seen", title: time(n.lastSeen), "data-last-seen": n.lastSeen }, ago(n.lastSeen, skew)));
     }))));

@@ -98,13 +98,13 @@ function renderRecent(el, jobs, skew = 0) {
     fill(el, h("p.empty", {}, "No jobs yet. ", h("a", { href: "#/new" }, "Create one.")));
     return;
   }
-  fill(el, h("table.jobs", {},
-    h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", {}, "Status"), h("th", {}, "Dataset"),
-      h("th", {}, "Node"), h("th", {}, "Created"))),
-    h("tbody", {}, jobs.map((j) => h("tr", {},
-      h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(j.jobId)}` }, j.jobId)),
-      h("td", {}, statusBadge(j.status)),
-      h("td", {}, j.datasetName || "–"),
-      h("td", {}, j.assignedNode || "–"),
-      h("td", { title: time(j.createdAt) }, ago(j.createdAt, skew)))))));
+  fill(el, h("table.jobs.stack", {},
+    h("thead", {}, h("tr", {},
+      ["Job", "Status", "Dataset", "Node", "Created"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, jobs.map((j) => h("tr", { dataset: { jobId: j.jobId } },
+      h("td", { "data-label": "Job" }, h("a", { href: `#/jobs/${encodeURIComponent(j.jobId)}` }, j.jobId)),
+      h("td", { "data-label": "Status" }, statusBadge(j.status)),
+      h("td", { "data-label": "Dataset" }, j.datasetName || "–"),
+      h("td", { "data-label": "Node" }, j.assignedNode || "–"),
+      h("td", { "data-label": "Created", title: time(j.createdAt) }, ago(j.createdAt, skew)))))));
 }
