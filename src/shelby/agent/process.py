@@ -178,7 +178,10 @@ def _reap_in_thread(pid: int) -> asyncio.Future[tuple[int, Any]]:
             future.set_result(value)
 
     def reap() -> None:
-        _, status, rusage = os.wait4(pid, 0)
+        try:
+            _, status, rusage = os.wait4(pid, 0)
+        except ChildProcessError:
+            return  # reaped elsewhere (a Popen dropped after a cancel): nobody is waiting
         with contextlib.suppress(RuntimeError):  # the loop closed first
             loop.call_soon_threadsafe(settle, (os.waitstatus_to_exitcode(status), rusage))
 

@@ -54,8 +54,9 @@ class LogSpool:
             data += encoded + b"\n"
             self._positions.append(self._positions[-1] + len(encoded) + 1)
         if data:
+            # Buffered, not flushed per line: ``pending`` flushes before it reads, a few
+            # times a second, which keeps a chatty script from paying a syscall a line.
             self._writer.write(data)
-            self._writer.flush()
 
     # --- the shipper's side --------------------------------------------------------
 
@@ -65,6 +66,7 @@ class LogSpool:
         count = min(max_lines, len(self._positions) - 1)
         if count <= 0:
             return self.acked, []
+        self._writer.flush()
         start = self._positions[0]
         end = self._positions[count]
         while count > 1 and end - start > max_bytes:
@@ -89,6 +91,7 @@ class LogSpool:
         """The server expects ``offset`` (below what it acknowledged before): resend from there."""
         if not 0 <= offset <= self.acked:
             raise ValueError(f"cannot rewind to {offset} from {self.acked}")
+        self._writer.flush()
         self.acked = 0
         self._positions = self._scan(0)
         del self._positions[:offset]
