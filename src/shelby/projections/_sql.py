@@ -10,7 +10,9 @@ from shelby.events.store import Statement
 
 __all__ = ["Statement", "from_json", "to_json"]
 
-_encoder = msgspec.json.Encoder()
+# Sorted keys: live, an event's dicts keep the caller's key order, but replayed from the
+# log they come back in the canonical (sorted) order; both must write the same rows.
+_encoder = msgspec.json.Encoder(order="sorted")
 
 
 def to_json(value: Any) -> str:
