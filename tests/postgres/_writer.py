@@ -15,10 +15,12 @@ import time
 
 from shelby.events.postgres import PostgresEventStore
 from shelby.events.types import NodeHeartbeat, node_stream
+from shelby.logs import configure_logging
 from shelby.projections import all_projections
 
 
 async def main(url: str, name: str, streams: int, appends: int) -> None:
+    configure_logging(json=True)  # on stderr: stdout carries the protocol
     store = PostgresEventStore(url, all_projections())
     await store.open()
     print("ready", flush=True)

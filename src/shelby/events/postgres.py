@@ -106,11 +106,17 @@ EVENTS_DDL = [
 ]
 
 COLUMNS = ("seq", "stream", "version", "type", "timestamp", "data", "prev_hash", "hash")
-INSERT_EVENT = (
-    "INSERT INTO events (seq, stream, version, type, timestamp, data, prev_hash, hash)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-)
 INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES ($1, $2, $3)"
+# A batch's events and Merkle nodes in one statement and one round trip: arrays, one
+# per column, rather than a row at a time.
+INSERT_EVENTS_AND_NODES = """WITH new_events AS (
+    INSERT INTO events (seq, stream, version, type, timestamp, data, prev_hash, hash)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[],
+                         $5::float8[], $6::text[], $7::text[], $8::text[])
+)
+INSERT INTO merkle_nodes (level, idx, hash)
+SELECT * FROM unnest($9::int[], $10::bigint[], $11::bytea[])"""
+SELECT_SINCE = "SELECT seq, stream, version, hash FROM events WHERE seq > $1 ORDER BY seq"
 SELECT_NODES = (
     "SELECT n.level, n.idx, n.hash FROM merkle_nodes n"
     " JOIN unnest($1::int[], $2::bigint[]) AS k (level, idx) USING (level, idx)"
@@ -122,6 +128,8 @@ SELECT_VERSIONS = (
 )
 
 REBUILD_CHUNK = 20_000
+VERSION_CACHE_SIZE = 200_000
+CATCH_UP_LIMIT = 20_000  # further behind than this, reload rather than replay
 PUBLISH_CHUNK = 1_000
 WRITE_ATTEMPTS = 3
 CONNECT_TIMEOUT = 5.0
@@ -222,10 +230,6 @@ async def _run_statements(conn: asyncpg.Connection, statements: list[Statement])
             await conn.executemany(sql, params)
 
 
-def _row(r: Recorded) -> tuple[Any, ...]:
-    return (r.seq, r.stream, r.version, r.type, r.timestamp, r.data, r.prev_hash, r.hash)
-
-
 # --- the store ----------------------------------------------------------------------
 
 
@@ -297,9 +301,13 @@ class PostgresEventStore:
         self._publisher: asyncio.Task[None] | None = None
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
-        # The Merkle frontier as of our last commit; reloaded whenever another replica
-        # has appended since (its size is then not the head's seq).
+        # What the writer knows of the log as of seq ``_synced``: the Merkle frontier
+        # and the versions of streams it has seen. When another replica has appended
+        # since, the writer folds in the events after ``_synced`` under the head lock
+        # (one query), so a version check needs no query for a stream it knows.
+        self._synced = -1
         self._tree: Frontier | None = None
+        self._versions: dict[str, int] = {}
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -377,11 +385,48 @@ class PostgresEventStore:
         except Exception as exc:
             raise map_error(exc) from exc
 
+    async def _sync(self, conn: asyncpg.Connection, head_seq: int) -> Frontier:
+        """Bring the writer's frontier and versions up to ``head_seq`` (under the head
+        lock); returns a copy of the frontier to extend."""
+        behind = head_seq - self._synced
+        if self._tree is not None and 0 < behind <= CATCH_UP_LIMIT:
+            rows = await conn.fetch(SELECT_SINCE, self._synced)
+            if len(rows) == behind:
+                for _seq, stream, version, hash_ in rows:
+                    self._tree.append(bytes.fromhex(hash_))
+                    self._versions.pop(stream, None)
+                    self._versions[stream] = version
+                self._synced = head_seq
+        if self._tree is None or self._synced != head_seq:
+            self._tree = await self._frontier(conn, head_seq)
+            self._versions.clear()
+            self._synced = head_seq
+        return self._tree.copy()
+
+    async def _stream_versions(
+        self, conn: asyncpg.Connection, batch: list[_Pending]
+    ) -> dict[str, int]:
+        """Each batch stream's version: known ones from memory, the rest from the log."""
+        known = self._versions
+        versions = {p.stream: known[p.stream] for p in batch if p.stream in known}
+        missing = list({p.stream for p in batch if p.stream not in versions})
+        if missing:
+            found = dict(await conn.fetch(SELECT_VERSIONS, missing))
+            versions.update({stream: found.get(stream, 0) for stream in missing})
+        return versions
+
+    def _committed_state(self, tree: Frontier, versions: dict[str, int]) -> None:
+        self._tree = tree
+        self._synced = tree.size
+        cache = self._versions
+        for stream, version in versions.items():
+            cache.pop(stream, None)
+            cache[stream] = version
+        while len(cache) > VERSION_CACHE_SIZE:
+            del cache[next(iter(cache))]  # the least recently written
+
     async def _frontier(self, conn: asyncpg.Connection, size: int) -> Frontier:
-        """The tree's frontier at ``size`` leaves, from memory when nobody else has
-        appended since our last commit, else from its O(log n) stored nodes."""
-        if self._tree is not None and self._tree.size == size:
-            return self._tree.copy()
+        """The tree's frontier at ``size`` leaves, from its O(log n) stored nodes."""
         keys = keys_for_root(size)
         rows = await conn.fetch(SELECT_NODES, [k[0] for k in keys], [k[1] for k in keys])
         nodes = {(level, idx): bytes(h) for level, idx, h in rows}
@@ -543,13 +588,11 @@ class PostgresEventStore:
                 if found == prior.last.hash:
                     await conn.execute("ROLLBACK")
                     return prior.results
-            versions: dict[str, int] = dict(
-                await conn.fetch(SELECT_VERSIONS, list({p.stream for p in batch}))
-            )
-            tree = await self._frontier(conn, seq)
+            tree = await self._sync(conn, seq)
+            versions = await self._stream_versions(conn, batch)
             fresh: list[Recorded] = []
             for p in batch:
-                if versions.get(p.stream, 0) != p.expected_version:
+                if versions[p.stream] != p.expected_version:
                     plan.results.append(ConcurrencyError(p.stream, p.expected_version))
                     continue
                 recs = _chain(p, seq, head)
@@ -587,7 +630,7 @@ class PostgresEventStore:
                     f" NOTIFY {CHANNEL}, '{seq:d}';"
                     " COMMIT"
                 )
-            self._tree = tree
+            self._committed_state(tree, versions)
         except BaseException as exc:
             if conn.is_closed() or _retryable(exc):
                 raise _Lost(exc, plan) from exc
@@ -600,9 +643,20 @@ class PostgresEventStore:
 
     async def _insert(self, conn: asyncpg.Connection, recs: list[Recorded], tree: Frontier) -> None:
         """Write events, their Merkle nodes (advancing ``tree``) and projection rows."""
-        await conn.executemany(INSERT_EVENT, [_row(r) for r in recs])
-        await conn.executemany(
-            INSERT_NODE, [n for r in recs for n in tree.append(bytes.fromhex(r.hash))]
+        nodes = [n for r in recs for n in tree.append(bytes.fromhex(r.hash))]
+        await conn.execute(
+            INSERT_EVENTS_AND_NODES,
+            [r.seq for r in recs],
+            [r.stream for r in recs],
+            [r.version for r in recs],
+            [r.type for r in recs],
+            [r.timestamp for r in recs],
+            [r.data for r in recs],
+            [r.prev_hash for r in recs],
+            [r.hash for r in recs],
+            [n[0] for n in nodes],
+            [n[1] for n in nodes],
+            [n[2] for n in nodes],
         )
         await _run_statements(conn, self._project(recs))
 
