@@ -226,3 +226,35 @@ async def test_killing_a_replica_mid_load_loses_no_acknowledged_write(
     assert 0 < through_one < 800, "replica one was not killed in the middle of its load"
     verified = shelby_verify(pg_url)
     assert verified.returncode == 0, verified.stderr
+
+
+def test_both_replicas_sweeping_expire_each_lease_once(
+    pg_url: str, server_factory: ServerFactory
+) -> None:
+    """Both replicas run the lease sweeper; when a node goes silent, each of its jobs
+    gets exactly one LeaseExpired and goes back to the queue once."""
+    args = ("--db", pg_url, "--sweep-interval", "0.1")
+    one = server_factory("one", args=args, lease_seconds=1)
+    two = server_factory("two", args=args, lease_seconds=1)
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with one.async_client() as admin:
+            for i in range(6):
+                await new_job(admin, f"job-{i}")
+        node_id, token = await register(two, "goes-silent", max_jobs=6)
+        async with two.async_client(token) as node:
+            for _ in range(6):
+                r = await node.get("/api/jobs/poll", params={"nodeId": node_id})
+                assert r.json()["job"] is not None
+        deadline = time.monotonic() + 20
+        while True:
+            events = await audit_events(one)
+            expired = [e for e in events if e["type"] == "LeaseExpired"]
+            if len(expired) >= 6 or time.monotonic() > deadline:
+                await asyncio.sleep(1.0)  # time for a second, wrong, expiry to show
+                return [e for e in await audit_events(two) if e["type"] == "LeaseExpired"]
+            await asyncio.sleep(0.1)
+
+    expired = asyncio.run(scenario())
+    assert sorted(e["data"]["jobId"] for e in expired) == [f"job-{i}" for i in range(6)]
+    assert all(e["data"]["attempt"] == 1 for e in expired)

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from shelby.events.merkle import Frontier, keys_for_root, root
-from shelby.events.postgres import PostgresEventStore
+from shelby.events.postgres import CHANNEL, PostgresEventStore
 from shelby.events.store import ConcurrencyError, Recorded
 from shelby.events.types import JobCreated, NodeHeartbeat, job_stream, node_stream
 from shelby.events.verify import verify_store
@@ -236,3 +236,26 @@ async def test_the_merkle_tree_is_shared_by_replicas(stores: StoreFactory, batch
         tree.append(bytes.fromhex(rec.hash))
     nodes = await two.tree_nodes(keys_for_root(n))
     assert root(n, lambda level, index: nodes[level, index]) == tree.root()
+
+
+async def test_concurrent_appends_share_a_few_transactions(
+    pg_url: str, stores: StoreFactory
+) -> None:
+    """Group commit: two hundred concurrent appends commit in a handful of
+    transactions, each announcing its last seq once to every replica."""
+    store = await stores()
+    heard: list[int] = []
+    listener = await asyncpg.connect(pg_url)
+    try:
+        await listener.add_listener(CHANNEL, lambda *args: heard.append(int(args[3])))
+        await asyncio.gather(
+            *(
+                store.append(node_stream(f"n{i}"), heartbeat("n"), expected_version=0, timestamp=1)
+                for i in range(200)
+            )
+        )
+        await wait_for(lambda: bool(heard) and heard[-1] == 200)
+    finally:
+        await listener.close()
+    assert heard == sorted(set(heard))
+    assert len(heard) <= 20, f"{len(heard)} transactions for 200 appends"
