@@ -95,3 +95,13 @@ def test_unicode_and_control_characters_round_trip(tmp_path: Path) -> None:
     text = 'é ✓ "quoted" \\ back\ttab \x1b[31mred\x1b[0m'
     spool.append([{"line": text, "timestamp": 1.5, "stream": "stderr"}])
     assert spool.pending(10, 1 << 20)[1] == [{"line": text, "timestamp": 1.5, "stream": "stderr"}]
+
+
+def test_flushed_lines_are_on_disk_without_a_close(tmp_path: Path) -> None:
+    """After flush, a killed agent (no close) still leaves every line for its next start."""
+    spool = LogSpool(tmp_path)
+    spool.append(lines(0, 3))
+    spool.flush()
+    reader = LogSpool(tmp_path)  # the next start, while the first never closed
+    assert reader.written == 3
+    assert [b["line"] for b in reader.pending(10, 1 << 20)[1]] == ["line 0", "line 1", "line 2"]

@@ -354,6 +354,7 @@ class Agent:
                 ending = await self._run(assignment, state, shipper, stop)
             finally:
                 timer.cancel()
+            spool.flush()  # every line is on disk before the ending is
             if ending is None or ending.status == "cancelled" or shipper.gone:
                 state.update(phase="abandoned")
                 log.info("attempt taken back by the server; reporting nothing more")

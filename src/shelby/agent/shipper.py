@@ -51,13 +51,23 @@ class LogShipper:
         self._on_gone = on_gone
         self._linger = linger
         self._wake = asyncio.Event()
+        self._flush_pending = False
         self._lock = asyncio.Lock()
         self.gone = False
         self.broken = False
 
     def append(self, lines: list[SpooledLine]) -> None:
         self._spool.append(lines)
+        if not self._flush_pending:
+            # Flushed once the lines of this read from the pipe are all appended: one
+            # write per burst, and nothing left in a buffer by the next await.
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
         self._wake.set()
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._spool.flush()
 
     def line(self, stream: str, text: str, at: float) -> None:
         """A ``LineSink``: one line printed by the attempt."""

@@ -54,9 +54,12 @@ class LogSpool:
             data += encoded + b"\n"
             self._positions.append(self._positions[-1] + len(encoded) + 1)
         if data:
-            # Buffered, not flushed per line: ``pending`` flushes before it reads, a few
-            # times a second, which keeps a chatty script from paying a syscall a line.
             self._writer.write(data)
+
+    def flush(self) -> None:
+        """Hand appended lines to the OS: from then on they outlive a killed agent.
+        Separate from ``append`` so that a burst of lines costs one write, not one each."""
+        self._writer.flush()
 
     # --- the shipper's side --------------------------------------------------------
 
