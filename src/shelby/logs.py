@@ -5,17 +5,29 @@ from __future__ import annotations
 import logging
 import sys
 
+import msgspec
 import structlog
 
 __all__ = ["configure_logging"]
+
+# msgspec renders a log line in a third of the time ``json.dumps`` takes, which shows
+# at thousands of requests a second; anything it cannot encode is written as its repr.
+_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _json_bytes(event: object, **_: object) -> bytes:
+    return _encoder.encode(event)
 
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     if json is None:
         json = not sys.stderr.isatty()
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_bytes)
+        if json
+        else structlog.dev.ConsoleRenderer()
     )
+    binary = getattr(sys.stderr, "buffer", None) if json else None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -25,6 +37,10 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=(
+            structlog.BytesLoggerFactory(file=binary)
+            if binary is not None
+            else structlog.PrintLoggerFactory(file=sys.stderr)
+        ),
         cache_logger_on_first_use=True,
     )

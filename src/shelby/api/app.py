@@ -11,11 +11,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shelby.api import agents, audit, frontend, operations, transparency
 from shelby.api.endpoint import Endpoint, endpoint_route
-from shelby.api.errors import http_exception_handler
+from shelby.api.errors import http_exception_handler, http_exception_response
 from shelby.api.metrics import Metrics
 from shelby.api.middleware import RequestLogMiddleware
 from shelby.api.ratelimit import RateLimit
@@ -28,13 +30,48 @@ from shelby.sweeper import LeaseSweeper
 
 __all__ = ["ENDPOINTS", "create_app"]
 
+# The router tries routes in order: the agents' endpoints, which every node calls every
+# few seconds, come first.
 ENDPOINTS: list[Endpoint] = [
-    *frontend.ENDPOINTS,
     *agents.ENDPOINTS,
+    *frontend.ENDPOINTS,
     *audit.ENDPOINTS,
     *transparency.ENDPOINTS,
     *operations.ENDPOINTS,
 ]
+
+
+class _ShelbyApp(Starlette):
+    """Starlette with a leaner stack for HTTP requests.
+
+    Starlette wraps every request in ``ServerErrorMiddleware`` and
+    ``ExceptionMiddleware``; here ``RequestLogMiddleware`` already turns anything that
+    escapes into a JSON 500, and the only exceptions left to translate are the router's
+    own 404 and 405, which ``_RouterErrors`` renders as ``{"detail": …}``. Websockets
+    keep Starlette's exception handling.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        websocket_app = ExceptionMiddleware(self.router, handlers=self.exception_handlers)
+        app: ASGIApp = _RouterErrors(self.router, websocket_app)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
+
+
+class _RouterErrors:
+    def __init__(self, router: ASGIApp, websocket_app: ASGIApp) -> None:
+        self.router = router
+        self.websocket_app = websocket_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.websocket_app(scope, receive, send)
+            return
+        try:
+            await self.router(scope, receive, send)
+        except HTTPException as exc:
+            await http_exception_response(scope, exc, send)
 
 
 def _realtime_routes() -> list[BaseRoute]:
@@ -93,7 +130,7 @@ def create_app(
                 expose_headers=["X-Request-ID", "Retry-After"],
             )
         )
-    app = Starlette(
+    app = _ShelbyApp(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,

@@ -11,6 +11,7 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Scope, Send
 
 from shelby.domain.errors import DomainError
 from shelby.events.store import ConcurrencyError, StoreUnavailable
@@ -73,18 +74,32 @@ def error_for(exc: BaseException) -> ApiError:
             return ApiError(500, "internal server error")
 
 
-async def http_exception_handler(request: Request, exc: Exception) -> Response:
-    """For the router's own 404 and 405 (Starlette raises ``HTTPException``)."""
+def _router_error(method: str, path: str, exc: Exception) -> Response:
     err = error_for(exc)
     detail = err.detail
     if isinstance(exc, HTTPException):
         if exc.status_code == 404:
-            detail = f"no route for {request.url.path}"
+            detail = f"no route for {path}"
         elif exc.status_code == 405:
-            detail = f"method {request.method} is not allowed on {request.url.path}"
+            detail = f"method {method} is not allowed on {path}"
     return Response(
         error_body(detail),
         status_code=err.status,
         headers=err.headers,
         media_type="application/json",
     )
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    """For the router's own 404 and 405 (Starlette raises ``HTTPException``)."""
+    return _router_error(request.method, request.url.path, exc)
+
+
+async def http_exception_response(scope: Scope, exc: Exception, send: Send) -> None:
+    """The same answer, sent from plain ASGI."""
+    response = _router_error(scope["method"], scope["path"], exc)
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

@@ -18,11 +18,36 @@ from shelby.api.errors import ApiError
 __all__ = ["RateLimit"]
 
 
+class _LazyMemoryStorage(MemoryStorage):
+    """``MemoryStorage`` without its expiry timer.
+
+    The stock storage starts a ``threading.Timer`` whenever the last one has ended,
+    which under steady load is a new thread every few milliseconds. Expired counters
+    are already dropped when they are next read (``get``); what the timer adds is only
+    the collection of keys nobody uses any more, which ``collect`` does on the event
+    loop's schedule instead.
+    """
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the name the base class calls
+        pass
+
+    def collect(self) -> None:
+        now = time.time()
+        for key in [k for k, at in self.expirations.items() if at <= now]:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
+
+
 class RateLimit:
+    COLLECT_EVERY = 60.0  # seconds between sweeps of counters that expired
+
     def __init__(self, expression: str | None) -> None:
         """``expression`` as ``limits`` parses it (``50/second``); ``None``: no limit."""
         self._item: RateLimitItem | None = None if expression is None else parse(expression)
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._storage = _LazyMemoryStorage()
+        self._limiter = SlidingWindowCounterRateLimiter(self._storage)
+        self._next_collect = time.monotonic() + self.COLLECT_EVERY
 
     @property
     def enabled(self) -> bool:
@@ -31,7 +56,12 @@ class RateLimit:
     def check(self, key: str) -> None:
         """Count one request for ``key``; raise the 429 when it is over the limit."""
         item = self._item
-        if item is None or self._limiter.hit(item, key):
+        if item is None:
+            return
+        if time.monotonic() >= self._next_collect:
+            self._next_collect = time.monotonic() + self.COLLECT_EVERY
+            self._storage.collect()
+        if self._limiter.hit(item, key):
             return
         reset_at, _remaining = self._limiter.get_window_stats(item, key)
         retry_after = max(1, math.ceil(reset_at - time.time()))
