@@ -175,7 +175,9 @@ def servers(db: str, count: int, data_dir: Path) -> Iterator[list[str]]:
                         break
                 except httpx.TransportError:
                     pass
-                assert time.monotonic() < deadline, "shelby serve did not start"
+                if procs[-1][0].poll() is not None or time.monotonic() > deadline:
+                    tail = (data_dir / f"server{i}.log").read_text()[-3000:]
+                    raise RuntimeError(f"shelby serve did not start:\n{tail}")
                 time.sleep(0.05)
         yield urls
     finally:
