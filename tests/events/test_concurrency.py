@@ -6,11 +6,12 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shelby.events.store import ConcurrencyError, Recorded
-from shelby.events.types import NodeHeartbeat, NodeRegistered, node_stream
+from shelby.events.types import Event, JobCreated, NodeHeartbeat, NodeRegistered, node_stream
 from shelby.events.verify import verify_store
 from shelby.projections import all_projections
 
@@ -127,3 +128,36 @@ def test_stale_expected_version_is_refused_and_changes_nothing(tmp_path: Path) -
 
     asyncio.run(run())
     assert len(raw_rows(tmp_path / "log.db")) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: an exception other than sqlite3.Error in the writer thread (here the"
+    " envelope's UTF-8 encoding) fails every append of its batch with StoreUnavailable"
+    " and leaves the transaction open, so the next batch fails too",
+)
+def test_an_append_that_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
+    """An event whose text cannot be encoded fails its own append only: the appends
+    batched with it and the next one are committed."""
+    bad = JobCreated(job_id="bad", meta={"x": "\ud800"})  # a lone surrogate
+
+    async def run() -> list[object]:
+        async with opened(tmp_path / "log.db", all_projections()) as store:
+
+            async def put(stream: str, event: Event) -> object:
+                try:
+                    return await store.append(stream, [event], expected_version=0, timestamp=1.0)
+                except Exception as exc:
+                    return exc
+
+            batch = await asyncio.gather(
+                put("job-a", JobCreated(job_id="a")),
+                put("job-bad", bad),
+                put("job-c", JobCreated(job_id="c")),
+            )
+            after = await put("job-d", JobCreated(job_id="d"))
+            return [*batch, after]
+
+    a, failed, c, d = asyncio.run(run())
+    assert isinstance(failed, Exception)
+    assert all(isinstance(r, list) for r in (a, c, d)), (a, c, d)
