@@ -154,7 +154,7 @@ async def test_sqlite_and_postgres_hold_the_same_log_and_views(
 ) -> None:
     """One scenario on both backends: identical rows in events (so identical hashes),
     identical Merkle root, identical rows in every projection table, before and after
-    rebuilding both."""
+    a rebuild."""
     lite = SQLiteEventStore(tmp_path / "shelby.db", all_projections())
     await lite.open()
     try:
@@ -167,10 +167,7 @@ async def test_sqlite_and_postgres_hold_the_same_log_and_views(
         got = await contents(pg)
         for key in expected:
             assert got[key] == expected[key], key
-        # Rebuilt views hold JSON columns in the log's canonical key order rather than
-        # the order the command gave, so they are compared with a rebuilt SQLite's.
-        await lite.rebuild()
         await pg.rebuild()
-        assert await contents(pg) == await contents(lite)
+        assert await contents(pg) == expected
     finally:
         await lite.close()
