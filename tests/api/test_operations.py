@@ -140,3 +140,60 @@ def test_server_logs_are_json_lines_without_secrets(shelby_server: ServerProcess
         "TOP-SECRET-SCRIPT-BODY",
     ):
         assert secret not in text
+
+
+def test_audit_log_is_enough_to_recompute_every_hash(shelby_server: ServerProcess) -> None:
+    """/api/audit/log pages through the raw log (after, limit) and its fields recompute
+    each hash from the first event on, with json and hashlib alone."""
+    import hashlib
+
+    node = register(shelby_server, "n")
+    with shelby_server.client() as c:
+        create_job(c, "a1", meta={"lr": 1e-05, "name": "ünïcode"})
+        run_to_running(node)
+        node.stream("a1", 0, ["x"])
+        events = []
+        after = 0
+        while True:
+            page = c.get("/api/audit/log", params={"after": after, "limit": 3}).json()["events"]
+            if not page:
+                break
+            assert len(page) <= 3
+            events.extend(page)
+            after = page[-1]["seq"]
+        too_many = c.get("/api/audit/log", params={"limit": 10001})
+    assert too_many.status_code == 422
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    prev = "0" * 64
+    for e in events:
+        assert e["prevHash"] == prev
+        canonical = json.dumps(
+            {
+                "data": e["data"],
+                "seq": e["seq"],
+                "stream": e["stream"],
+                "timestamp": e["timestamp"],
+                "type": e["type"],
+                "version": e["version"],
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        digest = hashlib.sha256(bytes.fromhex(prev) + canonical.encode()).hexdigest()
+        assert digest == e["hash"], e["seq"]
+        prev = e["hash"]
+    node_events = [e for e in events if e["stream"] == "node-n"]
+    assert node_events[0]["type"] == "NodeRegistered"
+
+
+def test_request_logs_carry_node_and_job_ids(shelby_server: ServerProcess) -> None:
+    """A node's request is logged with its node id, and job-scoped ones with the job id."""
+    node = register(shelby_server, "n")
+    with shelby_server.client() as c:
+        create_job(c, "ids")
+    run_to_running(node)
+    shelby_server.stop()
+    lines = [json.loads(x) for x in shelby_server.log_text().splitlines() if x.startswith("{")]
+    acks = [ln for ln in lines if ln.get("route") == "/api/jobs/ack"]
+    assert acks and acks[0]["node_id"] == "n" and acks[0]["job_id"] == "ids"

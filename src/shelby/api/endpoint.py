@@ -157,6 +157,8 @@ class EndpointApp:
                 key = "a:" + (client[0] if client else "?")
             limiter.check(key)
         principal = authorize(service, ep.access, token)
+        if principal.node_id is not None:
+            structlog.contextvars.bind_contextvars(node_id=principal.node_id)
         query = None
         if ep.query is not None:
             pairs = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
@@ -174,7 +176,13 @@ class EndpointApp:
                 raise ApiError(422, _field_of(exc)) from None
             except msgspec.DecodeError as exc:
                 raise ApiError(400, f"malformed JSON: {exc}") from None
-        result = await ep.func(Call(service, principal, body, query, scope["path_params"], scope))
+        params = scope["path_params"]
+        job_id = (
+            params.get("job_id") or getattr(body, "job_id", None) or getattr(query, "job_id", None)
+        )
+        if job_id is not None:
+            structlog.contextvars.bind_contextvars(job_id=job_id)
+        result = await ep.func(Call(service, principal, body, query, params, scope))
         if isinstance(result, Raw):
             headers = [
                 (b"content-type", result.content_type.encode()),
