@@ -6,7 +6,6 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -130,12 +129,6 @@ def test_stale_expected_version_is_refused_and_changes_nothing(tmp_path: Path) -
     assert len(raw_rows(tmp_path / "log.db")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an exception other than sqlite3.Error in the writer thread (here the"
-    " envelope's UTF-8 encoding) fails every append of its batch with StoreUnavailable"
-    " and leaves the transaction open, so the next batch fails too",
-)
 def test_an_append_that_cannot_be_encoded_fails_alone(tmp_path: Path) -> None:
     """An event whose text cannot be encoded fails its own append only: the appends
     batched with it and the next one are committed."""

@@ -601,15 +601,6 @@ class TestSQLite(StoreContract):
     async def backend(self, tmp_path: Path) -> AsyncIterator[Backend]:
         yield SQLiteBackend(tmp_path / "shelby.db")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="SQLiteEventStore.close() empties _readers but keeps _reader_cycle: reads "
-        "after close raise RuntimeError (StopIteration) instead of StoreUnavailable",
-    )
-    async def test_a_closed_store_is_unavailable(self, make: Callable[..., Any]) -> None:
-        """Every call on a closed store raises StoreUnavailable."""
-        await super().test_a_closed_store_is_unavailable(make)
-
 
 # --- PostgreSQL ---------------------------------------------------------------------
 

@@ -291,11 +291,6 @@ def test_cli_verify_of_a_missing_file_fails_without_creating_it(tmp_path: Path) 
     assert not path.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a byte that leaves invalid UTF-8 in a text column makes verify crash"
-    " (StoreUnavailable from iter_raw) instead of naming the seq",
-)
 def test_cli_verify_names_a_row_that_is_no_longer_utf8(sample_db: Path, tmp_path: Path) -> None:
     """A changed byte that leaves invalid UTF-8 in ``data`` is reported at its seq."""
     path = tampered(
@@ -312,11 +307,6 @@ def test_cli_verify_names_a_row_that_is_no_longer_utf8(sample_db: Path, tmp_path
     assert "FAILED at seq 5:" in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: removing the newest event leaves a shorter chain that verifies; the"
-    " projections' positions and the Merkle tree still count it, but verify does not look",
-)
 def test_removed_newest_row_is_reported(sample_db: Path, tmp_path: Path) -> None:
     """Removing the newest event (truncating the log) is reported too."""
     n = len(raw_rows(sample_db))

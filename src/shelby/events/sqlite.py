@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 import structlog
@@ -35,6 +35,7 @@ from shelby.events.store import (
     Projection,
     Recorded,
     Statement,
+    StoreError,
     StoreUnavailable,
 )
 from shelby.events.types import Event
@@ -233,6 +234,7 @@ class SQLiteEventStore:
         if self._writer_task is not None:
             with contextlib.suppress(Exception):
                 await self._writer_task
+        self._reader_cycle = None
         for conn in self._readers:
             await conn.close()
         self._readers.clear()
@@ -259,8 +261,14 @@ class SQLiteEventStore:
     ) -> list[Recorded]:
         if not events:
             return []
-        # Encoding happens here, on the loop, while the writer thread waits on fsync.
+        # Encoding happens here, on the loop, while the writer thread waits on fsync; an
+        # event that cannot be written as UTF-8 (a lone surrogate) fails here, alone.
         encoded = [(type(e).__name__, encode_data(e), e) for e in events]
+        try:
+            for text in (stream, *(data for _, data, _ in encoded)):
+                text.encode()
+        except UnicodeEncodeError as exc:
+            raise StoreError(f"an event cannot be encoded as UTF-8: {exc}") from exc
         future: asyncio.Future[list[Recorded]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(stream, encoded, expected_version, timestamp, future))
         if self._writer_task is None or self._writer_task.done():
@@ -306,7 +314,7 @@ class SQLiteEventStore:
             tree = self._tree.copy()
             try:
                 self._insert(conn, recs, tree)
-            except sqlite3.Error as exc:
+            except Exception as exc:
                 if _is_fault(exc):
                     raise
                 conn.execute("ROLLBACK")
@@ -318,13 +326,18 @@ class SQLiteEventStore:
             head = Head(recs[-1].seq, recs[-1].hash) if recs else self._head
             conn.execute("UPDATE projection_positions SET seq = ?", (head.seq,))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             # Whatever this batch loaded into memory may have been rolled back with it:
             # an impossible head makes the next batch reload head, versions and tree.
             self._head = Head(-1, "")
-            err = StoreUnavailable(f"the event store cannot take writes: {exc}")
+            err: StoreError
+            if _is_fault(exc):
+                err = StoreUnavailable(f"the event store cannot take writes: {exc}")
+            else:
+                log.exception("the writer failed")
+                err = StoreError(f"the event store failed: {exc}")
             return [err] * len(batch)
         self._head = head
         self._tree = tree
@@ -412,12 +425,12 @@ class SQLiteEventStore:
                 trial_tree = tree.copy()
                 try:
                     self._insert(conn, result, trial_tree)
-                except sqlite3.Error as exc:
+                except Exception as exc:
                     if _is_fault(exc):
                         raise
                     conn.execute("ROLLBACK TO append")
                     log.error("projection refused an append", stream=p.stream, error=str(exc))
-                    result = exc
+                    result = StoreError(f"a projection refused the append: {exc}")
                 else:
                     versions.update(trial)
                     tree.adopt(trial_tree)
@@ -481,7 +494,11 @@ class SQLiteEventStore:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             rows = await self._reader().execute_fetchall(sql, params)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
+            if _is_fault(exc):
+                raise StoreUnavailable(f"the event store cannot be read: {exc}") from exc
+            raise StoreError(f"the store refused a query: {exc}") from exc
+        except ValueError as exc:  # aiosqlite: the connection is closed
             raise StoreUnavailable(f"the event store cannot be read: {exc}") from exc
         return list(rows)
 
@@ -503,14 +520,27 @@ class SQLiteEventStore:
         return [row_to_recorded(r) for r in rows]
 
     async def iter_raw(self, after: int = 0) -> AsyncIterator[list[tuple[Any, ...]]]:
-        while True:
-            rows = await self.fetchall(
-                f"{SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (after, REBUILD_CHUNK)
-            )
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][0]
+        # A connection of its own, whose text survives bytes that are not UTF-8 (a
+        # tampered file): they come back as lone surrogates, and verify names the row.
+        conn = await aiosqlite.connect(self.path)
+        conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+        try:
+            while True:
+                rows = cast(
+                    list[tuple[Any, ...]],
+                    await conn.execute_fetchall(
+                        f"{SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (after, REBUILD_CHUNK),
+                    ),
+                )
+                if not rows:
+                    return
+                yield rows
+                after = rows[-1][0]
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the event store cannot be read: {exc}") from exc
+        finally:
+            await conn.close()
 
     async def head(self) -> Head:
         row = await self.fetchone("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
@@ -604,7 +634,34 @@ class SQLiteEventStore:
         return applied
 
 
-def _is_fault(exc: sqlite3.Error) -> bool:
-    """Faults of the database itself (full, read-only, I/O), as against a statement
-    that a constraint refused."""
-    return not isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError)
+# Result codes that mean the database itself is in trouble (its disk, its file, its
+# locks), as against a statement that is wrong or that a constraint refused.
+_FAULTS = frozenset(
+    {
+        "SQLITE_BUSY",
+        "SQLITE_LOCKED",
+        "SQLITE_NOMEM",
+        "SQLITE_READONLY",
+        "SQLITE_IOERR",
+        "SQLITE_CORRUPT",
+        "SQLITE_FULL",
+        "SQLITE_CANTOPEN",
+        "SQLITE_PROTOCOL",
+        "SQLITE_NOTADB",
+        "SQLITE_NOLFS",
+        "SQLITE_AUTH",
+        "SQLITE_PERM",
+    }
+)
+
+
+def _is_fault(exc: BaseException) -> bool:
+    """A fault of the database (full, read-only, I/O, locked): ``StoreUnavailable``.
+    Anything else is a statement the database refused, or a bug of ours."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is None:  # raised by the sqlite3 module itself, e.g. on a closed connection
+        return not isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError)
+    primary = "_".join(name.split("_")[:2])  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
+    return primary in _FAULTS

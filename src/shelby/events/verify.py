@@ -7,7 +7,9 @@ from typing import Any
 
 import msgspec
 
+from shelby.events import merkle
 from shelby.events.codec import GENESIS_HASH, chain_hash, envelope_bytes
+from shelby.events.merkle import Frontier
 from shelby.events.store import EventStore
 
 __all__ = ["ChainVerifier", "Problem", "Verdict", "verify_store"]
@@ -36,6 +38,8 @@ class ChainVerifier:
         self.seq = after_seq
         self.hash = after_hash
         self.problem: Problem | None = None
+        # The Merkle tree the rows imply, to hold against the one the store kept.
+        self.tree = Frontier() if after_seq == 0 else None
 
     def feed(self, rows: Iterable[tuple[Any, ...]]) -> bool:
         """False once a problem is found (see ``problem``)."""
@@ -47,12 +51,22 @@ class ChainVerifier:
                 return self._fail(expected, f"event {expected} is missing (found {seq} next)")
             if prev_hash != self.hash:
                 return self._fail(seq, "prev_hash is not the hash of the event before it")
-            canonical = envelope_bytes(
-                seq=seq, stream=stream, version=version, type=type_, timestamp=timestamp, data=data
-            )
+            try:
+                canonical = envelope_bytes(
+                    seq=seq,
+                    stream=stream,
+                    version=version,
+                    type=type_,
+                    timestamp=timestamp,
+                    data=data,
+                )
+            except UnicodeEncodeError:
+                return self._fail(seq, "a text column is not valid UTF-8")
             if chain_hash(prev_hash, canonical) != hash_:
                 return self._fail(seq, "hash does not match the event's contents")
             self.seq, self.hash = seq, hash_
+            if self.tree is not None:
+                self.tree.append(bytes.fromhex(hash_))
         return True
 
     def _fail(self, seq: int, reason: str) -> bool:
@@ -64,10 +78,33 @@ class ChainVerifier:
 
 
 async def verify_store(store: EventStore, progress: Callable[[int], None] | None = None) -> Verdict:
+    """The chain from the first event on, then the store's Merkle tree against it.
+
+    The chain alone cannot tell a log cut short at its end from a shorter log; the
+    Merkle tree, written in the same transactions, still has the leaves of the cut
+    events, and its root must be the root of exactly the events that are there.
+    """
     verifier = ChainVerifier()
     async for rows in store.iter_raw(0):
         if not verifier.feed(rows):
             break
         if progress is not None:
             progress(verifier.seq)
+    if verifier.problem is None:
+        verifier.problem = await _check_tree(store, verifier)
     return verifier.verdict()
+
+
+async def _check_tree(store: EventStore, verifier: ChainVerifier) -> Problem | None:
+    count = verifier.seq
+    assert verifier.tree is not None
+    nodes = await store.tree_nodes([*merkle.keys_for_root(count), (0, count)])
+    if (0, count) in nodes:
+        return Problem(count + 1, f"event {count + 1} is missing: the Merkle tree has its leaf")
+    try:
+        stored_root = merkle.root(count, lambda level, index: nodes[(level, index)])
+    except KeyError:
+        return Problem(count, "the Merkle tree lacks nodes for the log's events")
+    if stored_root != verifier.tree.root():
+        return Problem(count, "the Merkle tree's root is not the root of the log's events")
+    return None
