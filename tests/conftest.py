@@ -57,10 +57,28 @@ class ServerProcess:
         self._env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.stdout_path = data_dir / "server.out"
+        self._started_once = False
 
     # --- life cycle ---------------------------------------------------------------------
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        """Start (or start again, on the same port and database)."""
+        for _ in range(5):
+            log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                self._start(timeout)
+                return
+            except RuntimeError:
+                # Another process took the port between free_port() and the bind: on a
+                # first start, take another; a restart keeps its port and fails.
+                taken = "address already in use" in self.log_text()[log_size:].lower()
+                if not taken or self._started_once:
+                    raise
+                self.port = free_port()
+                self.url = f"http://{self.host}:{self.port}"
+        raise RuntimeError("no free port found")
+
+    def _start(self, timeout: float) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")}
         if self.admin_token:
             env["SHELBY_ADMIN_TOKEN"] = self.admin_token
@@ -84,22 +102,29 @@ class ServerProcess:
             *self.args,
         ]
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as err, open(self.stdout_path, "ab") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
-        self.wait_ready(timeout)
+        self.wait_ready(timeout, log_offset)
+        self._started_once = True
         if not self.admin_token:
             # Generated at first start and kept beside the database.
             self.admin_token = (self.data_dir / "admin.token").read_text().strip()
         if not self.join_token:
             self.join_token = (self.data_dir / "join.token").read_text().strip()
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, log_offset: int = 0) -> None:
+        """Until this process logged that it listens, and then answers health: a health
+        answer alone could come from another server that holds the port."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
                     f"shelby serve exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
                 )
+            if f":{self.port} " not in self.log_text()[log_offset:]:
+                time.sleep(0.05)
+                continue
             try:
                 r = httpx.get(f"{self.url}/api/frontend/system/health", timeout=1.0)
                 if r.status_code in (200, 503):
