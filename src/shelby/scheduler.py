@@ -27,7 +27,9 @@ from shelby.service import Service
 
 __all__ = ["Assigned", "Scheduler"]
 
-CANDIDATES_PAGE = 256
+# Most polls take one of the first few pending jobs; pages grow when they do not.
+CANDIDATES_PAGE = 16
+MAX_PAGE = 1024
 
 _resources_decoder = msgspec.json.Decoder(Resources)
 
@@ -77,45 +79,45 @@ class Scheduler:
     async def assign_next(self, node_id: str) -> Assigned | None:
         store = self.service.store
         async with self._node_lock(node_id):
-            node = await store.fetchone(
-                "SELECT specs, live_specs, labels, max_concurrent_jobs FROM nodes"
-                " WHERE node_id = ?",
-                (node_id,),
-            )
-            if node is None:
+            profile = self.service.node_profiles.get(node_id)
+            if profile is None:
                 raise NotFound(f"node {node_id!r} is not registered")
-            specs = {**from_json(node[0]), **from_json(node[1])}
-            labels: dict[str, str] = from_json(node[2])
             held = await store.fetchone(
                 "SELECT count(*) FROM jobs WHERE assigned_node = ?"
                 " AND status IN ('assigned', 'running')",
                 (node_id,),
             )
-            if held is not None and held[0] >= node[3]:
+            if held is not None and held[0] >= profile.max_concurrent_jobs:
                 return None
             after = -1
+            page = CANDIDATES_PAGE
             while True:
                 rows = await store.fetchall(
                     "SELECT job_id, resources, labels, created_seq FROM jobs"
                     " WHERE status = 'pending' AND script_hash IS NOT NULL AND created_seq > ?"
                     " ORDER BY created_seq LIMIT ?",
-                    (after, CANDIDATES_PAGE),
+                    (after, page),
                 )
                 if not rows:
                     return None
                 for job_id, resources_json, labels_json, _seq in rows:
                     if job_id in self._claiming:
                         continue
-                    resources = (
-                        None
-                        if resources_json is None
-                        else _resources_decoder.decode(resources_json)
-                    )
-                    if not node_satisfies(resources, from_json(labels_json), specs, labels):
+                    if (resources_json is not None or labels_json != "{}") and not (
+                        node_satisfies(
+                            None
+                            if resources_json is None
+                            else _resources_decoder.decode(resources_json),
+                            from_json(labels_json),
+                            profile.specs,
+                            profile.labels,
+                        )
+                    ):
                         continue
                     if await self._claim(job_id, node_id):
                         return await self._assigned(job_id)
                 after = rows[-1][3]
+                page = min(page * 4, MAX_PAGE)  # a long run of jobs this node cannot take
 
     async def _claim(self, job_id: str, node_id: str) -> bool:
         self._claiming.add(job_id)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
 
 from shelby.clock import Clock, SystemClock
 from shelby.domain import CommandHandler
@@ -28,7 +31,7 @@ from shelby.events.types import (
 from shelby.projections import all_projections
 from shelby.settings import Settings
 
-__all__ = ["Service", "WorkSignal", "token_hash"]
+__all__ = ["NodeProfile", "Service", "WorkSignal", "token_hash"]
 
 
 def token_hash(token: str) -> str:
@@ -67,6 +70,14 @@ _WAKE_TYPES = (
 )
 
 
+class NodeProfile(msgspec.Struct, frozen=True):
+    """A node as it registered: what jobs are matched against."""
+
+    specs: dict[str, Any]
+    labels: dict[str, str]
+    max_concurrent_jobs: int
+
+
 class Service:
     def __init__(
         self,
@@ -82,18 +93,25 @@ class Service:
         self.work = WorkSignal()
         self.admin_hash = token_hash(settings.admin_token) if settings.admin_token else ""
         self.join_hash = token_hash(settings.join_token) if settings.join_token else ""
+        # What each node registered with: the scheduler matches jobs against it on every
+        # poll, so it is kept here rather than read and decoded each time.
+        self.node_profiles: dict[str, NodeProfile] = {}
         # node token hash -> node id, and back, for revoking on re-registration.
         self._node_by_hash: dict[str, str] = {}
         self._hash_by_node: dict[str, str] = {}
-        self._listeners: list[Callable[[Sequence[Recorded]], None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self.events_appended = 0
 
     async def start(self) -> None:
         await self.store.open()
-        rows = await self.store.fetchall("SELECT node_id, token_hash FROM nodes")
-        for node_id, hashed in rows:
+        rows = await self.store.fetchall(
+            "SELECT node_id, token_hash, specs, labels, max_concurrent_jobs FROM nodes"
+        )
+        for node_id, hashed, specs, labels, max_jobs in rows:
             self._remember_node(node_id, hashed)
+            self.node_profiles[node_id] = NodeProfile(
+                msgspec.json.decode(specs), msgspec.json.decode(labels), max_jobs
+            )
         self._unsubscribe = self.store.subscribe(self._on_committed)
 
     async def close(self) -> None:
@@ -119,6 +137,9 @@ class Service:
             event = rec.event
             if isinstance(event, NodeRegistered):
                 self._remember_node(event.node_id, event.token_hash)
+                self.node_profiles[event.node_id] = NodeProfile(
+                    event.specs, event.labels, event.max_concurrent_jobs
+                )
             if isinstance(event, _WAKE_TYPES):
                 wake = True
         if wake:

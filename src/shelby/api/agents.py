@@ -130,12 +130,13 @@ async def ack(call: Call) -> AckResponse:
         JOBS,
         AckJob(job_id=body.job_id, node_id=body.node_id, attempt=body.attempt),
     )
-    row = await call.service.store.fetchone(
-        "SELECT started_at FROM jobs WHERE job_id = ?", (body.job_id,)
-    )
-    started_at = outcome.recorded[-1].timestamp if outcome.recorded else None
-    if started_at is None and row is not None:
-        started_at = row[0]
+    if outcome.recorded:
+        started_at: float | None = outcome.recorded[-1].timestamp
+    else:  # a repeated ack: the first one's time
+        row = await call.service.store.fetchone(
+            "SELECT started_at FROM jobs WHERE job_id = ?", (body.job_id,)
+        )
+        started_at = None if row is None else row[0]
     return AckResponse(
         job_id=body.job_id,
         status=str(outcome.state.status),

@@ -193,14 +193,14 @@ _resources_decoder = msgspec.json.Decoder(Resources)
 
 
 async def active_nodes(store: EventStore, *, now: float, lease_seconds: float) -> list[ActiveNode]:
+    """Nodes heard from within the lease, with the specs they registered (what the
+    scheduler matches jobs against)."""
     rows = await store.fetchall(
-        "SELECT node_id, specs, live_specs, labels FROM nodes WHERE last_seen >= ?"
-        " ORDER BY registered_seq",
+        "SELECT node_id, specs, labels FROM nodes WHERE last_seen >= ? ORDER BY registered_seq",
         (now - lease_seconds,),
     )
     return [
-        ActiveNode(node_id, {**from_json(specs), **from_json(live)}, from_json(labels))
-        for node_id, specs, live, labels in rows
+        ActiveNode(node_id, from_json(specs), from_json(labels)) for node_id, specs, labels in rows
     ]
 
 
