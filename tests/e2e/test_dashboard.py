@@ -193,6 +193,15 @@ def test_a_job_made_in_the_browser_streams_live_finishes_and_is_deleted(
         assert event.locator("code.hash").inner_text() == hashes[seq]
     assert {e["type"] for e in audit} >= set(types)
 
+    # Restart: the same page follows the job into attempt 2, its log starting afresh.
+    page.get_by_role("button", name="Restart").click()
+    expect(page.locator(".log-status")).to_contain_text("Attempt 2")
+    expect(badge).to_have_text("finished")
+    expect(log.locator(".ln-text", has_text="training done")).to_have_count(1)
+    expect(log.locator(".ln").first).to_have_attribute("data-offset", "0")
+    expect(page.locator(".timeline .ev-JobRestarted")).to_have_count(1)
+    expect(page.locator(".facts dd", has_text="2 of 3")).to_be_visible()
+
     # The other pages, while there is something to show.
     page.goto(f"{shelby_server.url}/#/")
     expect(page.locator(".stat-finished .value")).to_have_text("1")
@@ -241,6 +250,7 @@ def test_tables_follow_changes_without_a_reload(shelby_server: ServerProcess, ta
     with _admin(shelby_server) as admin:
         for job_id, name in (("mnist-1", "MNIST"), ("cifar-1", "CIFAR-10")):
             admin.post("/api/jobs/create", json={"jobId": job_id, "datasetName": name})
+            admin.post("/api/jobs/upload-script", json={"jobId": job_id, "script": "print(1)"})
     rows = page.locator("tbody tr")
     expect(rows).to_have_count(2)
     page.fill("#job-search", "cifar")
@@ -252,6 +262,11 @@ def test_tables_follow_changes_without_a_reload(shelby_server: ServerProcess, ta
     expect(page.locator(".empty")).to_have_text("No jobs here yet.")
     page.select_option("#status-filter", "pending")
     expect(rows).to_have_count(2)
+
+    # A pending job says why it waits.
+    rows.filter(has_text="MNIST").get_by_role("link").click()
+    expect(page.locator(".pending-reason")).to_contain_text("no node matches its resources")
+    tab.shot("job-pending")
 
     node_id, node = _register(shelby_server, "gpu-box-7")
     page.goto(f"{shelby_server.url}/#/nodes")
@@ -353,3 +368,53 @@ def test_the_pages_fit_a_phone(
     )
     context.close()
     assert tab.errors == []
+
+
+def test_the_log_tail_follows_until_the_reader_scrolls_up(
+    shelby_server: ServerProcess, tab: Tab
+) -> None:
+    """The tail keeps to the newest line; scrolling up stops that and counts what
+    arrives below; "Jump to end" goes back and follows again."""
+    with _admin(shelby_server) as admin:
+        admin.post("/api/jobs/create", json={"jobId": "chatty", "datasetName": "d"})
+        admin.post("/api/jobs/upload-script", json={"jobId": "chatty", "script": "print(1)"})
+    node_id, node = _register(shelby_server, "manual")
+    job = node.get("/api/jobs/poll", params={"nodeId": node_id}).json()["job"]
+    node.post("/api/jobs/ack", json={"jobId": "chatty", "nodeId": node_id, "attempt": 1})
+
+    def post(offset: int, count: int) -> None:
+        node.post(
+            "/api/jobs/stream-log",
+            json={
+                "jobId": "chatty",
+                "nodeId": node_id,
+                "attempt": job["attempt"],
+                "offset": offset,
+                "lines": [
+                    {"line": f"line {offset + i}", "timestamp": 1.7e9 + offset + i}
+                    for i in range(count)
+                ],
+            },
+        ).raise_for_status()
+
+    post(0, 200)
+    page = _open(tab, shelby_server, "/jobs/chatty")
+    box = page.locator(".log-box")
+    expect(page.locator(".ln")).to_have_count(200)
+    at_end = "el => el.scrollHeight - el.scrollTop - el.clientHeight < 24"
+    page.wait_for_function(f"({at_end})(document.querySelector('.log-box'))")
+    post(200, 10)
+    expect(page.locator(".ln")).to_have_count(210)
+    page.wait_for_function(f"({at_end})(document.querySelector('.log-box'))")
+
+    box.evaluate("el => el.scrollTo(0, 0)")
+    expect(page.locator("#log-follow")).not_to_be_checked()
+    post(210, 5)
+    jump = page.get_by_role("button", name="Jump to end (5 new)")
+    expect(jump).to_be_visible()
+    assert box.evaluate("el => el.scrollTop") == 0
+    tab.shot("job-log-scrolled-up")
+    jump.click()
+    expect(page.locator("#log-follow")).to_be_checked()
+    assert box.evaluate(at_end)
+    node.close()

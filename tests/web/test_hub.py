@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
+import typing
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -22,7 +25,8 @@ from shelby.domain.jobs import (
     RestartJob,
     UploadScript,
 )
-from shelby.events.types import LogLine, job_stream
+from shelby.events.store import Recorded
+from shelby.events.types import EVENT_TYPES, LogLine, job_stream, node_stream
 from shelby.service import Service
 from shelby.settings import Settings
 
@@ -176,3 +180,42 @@ async def test_a_slow_snapshot_reader_skips_to_the_newest() -> None:
     assert msgspec.json.decode(await slot.take())["data"] == 3
     feed.leave(slot)
     assert feed.readers == 0
+
+
+def _sample(tp: Any) -> Any:
+    """A value of type ``tp``, for building any event with its required fields."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return None if type(None) in typing.get_args(tp) else _sample(typing.get_args(tp)[0])
+    if origin is list or tp is list:
+        return []
+    if origin is dict or tp is dict:
+        return {}
+    if origin is typing.Literal:
+        return typing.get_args(tp)[0]
+    return {str: "j1", int: 1, float: 1.0, bool: True}[tp]
+
+
+async def test_the_hub_knows_every_event_type(service: Service) -> None:
+    """Each event type of the log is dispatched by the hub: a new type fails here first
+    rather than in a running server's subscriber."""
+    hub = Hub(service)
+    hub.follow("j1")
+    for name, cls in EVENT_TYPES.items():
+        hints = typing.get_type_hints(cls)
+        fields = msgspec.structs.fields(cls)
+        event = cls(**{f.name: _sample(hints[f.name]) for f in fields if f.required})
+        stream = node_stream("j1") if name.startswith("Node") else job_stream("j1")
+        rec = Recorded(
+            seq=1,
+            stream=stream,
+            version=1,
+            type=name,
+            timestamp=0.0,
+            data="{}",
+            prev_hash="0" * 64,
+            hash="0" * 64,
+            event=event,
+        )
+        hub._on_batch([rec])
+    hub.close()

@@ -32,6 +32,7 @@ export function logView() {
     const what = s.attempt === null ? "" : `Attempt ${s.attempt} · ${num(s.count)} line${s.count === 1 ? "" : "s"}`;
     status.textContent = what + (s.unseen ? ` · ${num(s.unseen)} new below` : "");
     jump.textContent = s.unseen ? `Jump to end (${num(s.unseen)} new)` : "Jump to end";
+    jump.classList.toggle("primary", s.unseen > 0);
   };
 
   box.addEventListener("scroll", () => {
