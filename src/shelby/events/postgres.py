@@ -47,6 +47,7 @@ from shelby.events.store import (
     Statement,
     StoreError,
     StoreUnavailable,
+    project,
 )
 from shelby.events.types import Event
 
@@ -661,7 +662,7 @@ class PostgresEventStore:
         await _run_statements(conn, self._project(recs))
 
     def _project(self, recs: list[Recorded]) -> list[Statement]:
-        return [st for rec in recs for proj in self.projections for st in proj.apply(rec)]
+        return project(self.projections, recs)
 
     # --- subscribers --------------------------------------------------------------------
 
@@ -862,11 +863,7 @@ class PostgresEventStore:
             )
             if not rows:
                 break
-            statements: list[Statement] = []
-            for row in rows:
-                rec = row_to_recorded(tuple(row))
-                for proj in projs:
-                    statements.extend(proj.apply(rec))
+            statements = project(projs, [row_to_recorded(tuple(row)) for row in rows])
             await _run_statements(conn, statements)
             after = rows[-1][0]
             applied += len(rows)

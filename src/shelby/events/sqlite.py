@@ -37,6 +37,7 @@ from shelby.events.store import (
     Statement,
     StoreError,
     StoreUnavailable,
+    project,
 )
 from shelby.events.types import Event
 
@@ -469,7 +470,7 @@ class SQLiteEventStore:
             del cache[next(iter(cache))]
 
     def _project(self, recs: list[Recorded]) -> list[Statement]:
-        return [st for rec in recs for proj in self.projections for st in proj.apply(rec)]
+        return project(self.projections, recs)
 
     # --- subscribers --------------------------------------------------------------------
 
@@ -609,11 +610,7 @@ class SQLiteEventStore:
                 ).fetchall()
                 if not rows:
                     break
-                statements: list[Statement] = []
-                for row in rows:
-                    rec = row_to_recorded(row)
-                    for proj in projs:
-                        statements.extend(proj.apply(rec))
+                statements = project(projs, [row_to_recorded(row) for row in rows])
                 after = rows[-1][0]
                 conn.execute("BEGIN IMMEDIATE")
                 try:

@@ -20,6 +20,7 @@ __all__ = [
     "Statement",
     "StoreError",
     "StoreUnavailable",
+    "project",
 ]
 
 
@@ -83,6 +84,11 @@ class Projection(Protocol):
         ...
 
     @property
+    def handles(self) -> frozenset[str]:
+        """The event types ``apply`` turns into statements; others are not offered."""
+        ...
+
+    @property
     def tables(self) -> Sequence[str]:
         """The tables it owns, dropped on rebuild."""
         ...
@@ -93,6 +99,22 @@ class Projection(Protocol):
         ...
 
     def apply(self, rec: Recorded) -> list[Statement]: ...
+
+
+def project(projections: Sequence[Projection], recs: Sequence[Recorded]) -> list[Statement]:
+    """Every projection's statements for ``recs``, one projection after another.
+
+    Projections own disjoint tables, so only the order within each one matters; keeping
+    a projection's statements together makes long runs of the same SQL, which a store
+    runs as one ``executemany``.
+    """
+    out: list[Statement] = []
+    for proj in projections:
+        handles = proj.handles
+        for rec in recs:
+            if rec.type in handles:
+                out.extend(proj.apply(rec))
+    return out
 
 
 class EventStore(Protocol):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from shelby.events.store import Recorded
 from shelby.events.types import JobCreated, JobFailed, JobFinished
-from shelby.projections._sql import Statement
+from shelby.projections._sql import Statement, event_names
 
 __all__ = ["ActivityProjection"]
 
 
 class ActivityProjection:
     name = "activity"
+    handles = event_names(JobCreated, JobFinished, JobFailed)
     version = 1
     tables = ("job_activity",)
     ddl = (

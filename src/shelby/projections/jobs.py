@@ -17,7 +17,7 @@ from shelby.events.types import (
     LeaseExpired,
     ScriptUploaded,
 )
-from shelby.projections._sql import Statement, to_json
+from shelby.projections._sql import Statement, event_names, to_json
 
 __all__ = ["JOB_COLUMNS", "STATUSES", "JobsProjection"]
 
@@ -45,6 +45,17 @@ def _move(job_id: str, status: str, sets: str, params: Sequence[Any]) -> list[St
 
 class JobsProjection:
     name = "jobs"
+    handles = event_names(
+        JobCreated,
+        ScriptUploaded,
+        JobAssigned,
+        JobAcked,
+        JobFinished,
+        JobFailed,
+        LeaseExpired,
+        JobRestarted,
+        JobDeleted,
+    )
     version = 1
     tables = ("jobs", "job_counts", "scripts")
     ddl = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shelby.events.store import Recorded
 from shelby.events.types import JobDeleted, LogLinesAppended
-from shelby.projections._sql import Statement
+from shelby.projections._sql import Statement, event_names
 
 __all__ = ["LogsProjection"]
 
@@ -16,6 +16,7 @@ _INSERT = (
 
 class LogsProjection:
     name = "logs"
+    handles = event_names(LogLinesAppended, JobDeleted)
     version = 1
     tables = ("log_lines",)
     ddl = (

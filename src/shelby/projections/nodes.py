@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shelby.events.store import Recorded
 from shelby.events.types import NodeHeartbeat, NodeRegistered
-from shelby.projections._sql import Statement, to_json
+from shelby.projections._sql import Statement, event_names, to_json
 
 __all__ = ["NODE_COLUMNS", "NodesProjection"]
 
@@ -16,6 +16,7 @@ NODE_COLUMNS = (
 
 class NodesProjection:
     name = "nodes"
+    handles = event_names(NodeRegistered, NodeHeartbeat)
     version = 1
     tables = ("nodes",)
     ddl = (

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from shelby.events.store import Recorded
-from shelby.events.types import JobDeleted, LogLinesAppended, actor_of
-from shelby.projections._sql import Statement
+from shelby.events.types import (
+    EVENT_TYPES,
+    JobDeleted,
+    LogLinesAppended,
+    NodeHeartbeat,
+    NodeRegistered,
+    actor_of,
+)
+from shelby.projections._sql import Statement, event_names
 
 __all__ = ["ProvenanceProjection"]
 
 
 class ProvenanceProjection:
     name = "provenance"
+    # Every type but the node-only ones and log lines: a type added later shows in the
+    # provenance without anyone having to remember to list it here.
+    handles = frozenset(EVENT_TYPES) - event_names(NodeRegistered, NodeHeartbeat, LogLinesAppended)
     version = 1
     tables = ("provenance",)
     ddl = (

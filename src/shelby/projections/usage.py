@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from shelby.events.store import Recorded
 from shelby.events.types import JobDeleted, UsageReported
-from shelby.projections._sql import Statement
+from shelby.projections._sql import Statement, event_names
 
 __all__ = ["UsageProjection"]
 
 
 class UsageProjection:
     name = "usage"
+    handles = event_names(UsageReported, JobDeleted)
     version = 1
     tables = ("usage",)
     ddl = (
