@@ -38,6 +38,7 @@ from shelby.events.store import (
     StoreUnavailable,
 )
 from shelby.events.types import (
+    EVENT_TYPES,
     Event,
     JobAcked,
     JobAssigned,
@@ -81,6 +82,7 @@ class RefusingProjection:
 
     name = "refusing"
     version = 1
+    handles = frozenset({"JobCreated"})
     tables = ("refusals",)
     ddl = ("CREATE TABLE IF NOT EXISTS refusals (job_id TEXT PRIMARY KEY)",)
 
@@ -96,6 +98,7 @@ class CountingProjection:
     """Counts events per type; its ``version`` is settable to test rebuild at open."""
 
     name = "counting"
+    handles = frozenset(EVENT_TYPES)
     tables = ("type_counts",)
     ddl = ("CREATE TABLE IF NOT EXISTS type_counts (type TEXT PRIMARY KEY, n BIGINT NOT NULL)",)
 
