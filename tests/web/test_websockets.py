@@ -341,13 +341,13 @@ async def test_a_reader_that_stops_reading_is_dropped_and_holds_up_no_one(
                 assert message["lines"][0]["offset"] == seen
                 seen += len(message["lines"])
 
-        # Incompressible lines, enough to fill the stalled socket's buffers (about 8 MB)...
-        for _ in range(50):
+        # Incompressible lines, well past what the stalled socket buffers (about 13 MB)...
+        for _ in range(80):
             await send_and_follow([(secrets.token_urlsafe(12_000), "stdout")] * 10)
         # ... then more appends than its queue holds.
         for i in range(LOG_QUEUE + 50):
             await send_and_follow([(f"small {i}", "stderr")])
-        assert seen == 500 + LOG_QUEUE + 50
+        assert seen == 800 + LOG_QUEUE + 50
         # The stalled client reads at last: a gap-free prefix, then the order to reconnect.
         got = -1
         with pytest.raises(ConnectionClosed) as info:

@@ -1,7 +1,7 @@
 // The dashboard's entry point: the token, the router, the live indicator and the alerts.
 
 import { adoptTokenFromUrl, onApiError, setToken } from "./api.js";
-import { showError } from "./alerts.js";
+import { clearAlerts, showError } from "./alerts.js";
 import { askForToken } from "./auth.js";
 import { announce, onLiveState } from "./live.js";
 import * as overview from "./pages/overview.js";
@@ -66,6 +66,8 @@ function route() {
 document.getElementById("token-form").addEventListener("submit", () => {
   setToken(document.getElementById("token-input").value.trim());
   document.getElementById("token-input").value = "";
+  clearAlerts(); // the refusals were about the old token
+
   mountedKey = null;
   route();
 });
