@@ -581,6 +581,11 @@ async def _log_messages(
             case None:
                 raise _TooSlow
             case _Lines():
+                if message.attempt == attempt and message.lines and message.lines[0].offset > last:
+                    # The usual case, kept cheap: it runs once per line batch per reader.
+                    last = message.lines[-1].offset
+                    yield message.text
+                    continue
                 if message.attempt < attempt:
                     continue
                 if message.attempt > attempt:
