@@ -21,6 +21,7 @@ from shelby.domain.jobs import (
     JobCommand,
     JobState,
     JobStatus,
+    ReleaseJob,
     ReportJobUsage,
     RestartJob,
     TimeOutJob,
@@ -34,6 +35,7 @@ from shelby.events.types import (
     JobDeleted,
     JobFailed,
     JobFinished,
+    JobReleased,
     JobRestarted,
     JobTimedOut,
     LeaseExpired,
@@ -611,3 +613,127 @@ def test_decide_refuses_what_is_not_a_job_command() -> None:
     """Anything but a job command is a programming error, not a silent no-op."""
     with pytest.raises(TypeError):
         JOBS.decide(object(), state_of(PENDING))  # type: ignore[arg-type]
+
+
+# --- release by the node -------------------------------------------------------------
+
+REASON = "the agent shut down"
+
+
+def release(attempt: int = 1, node: str = N, reason: str = REASON) -> ReleaseJob:
+    return ReleaseJob(job_id=J, node_id=node, attempt=attempt, reason=reason)
+
+
+def released(attempt: int = 1, node: str = N, requeued: bool = True) -> JobReleased:
+    return JobReleased(job_id=J, node_id=node, attempt=attempt, reason=REASON, requeued=requeued)
+
+
+@pytest.mark.parametrize("given", [ASSIGNED, RUNNING], ids=["assigned", "running"])
+def test_release_requeues_with_the_next_attempt(given: list[Event]) -> None:
+    """The holding node hands its attempt back: pending at once, as attempt + 1."""
+    assert when(given, release(1)) == [released(1)]
+    state = state_of([*given, released(1)])
+    assert (state.status, state.attempt, state.node_id) == (JobStatus.PENDING, 2, None)
+
+
+def test_a_released_job_can_be_assigned_again_to_any_node() -> None:
+    """After a release the next attempt goes to whichever node polls, the same one too."""
+    given = [*RUNNING, released(1)]
+    assert when(given, AssignJob(job_id=J, node_id=N)) == [assigned(2, N)]
+    assert when(given, AssignJob(job_id=J, node_id=OTHER)) == [assigned(2, OTHER)]
+
+
+def test_release_on_the_last_attempt_fails_the_job_as_the_node_s() -> None:
+    """With no attempts left the release fails the job, naming the reason; the node is
+    the actor of the failure, not the server."""
+    given = [*PENDING, *lost(1), assigned(2), acked(2), released(2), assigned(3)]
+    assert when(given, release(3)) == [
+        released(3, requeued=False),
+        JobFailed(
+            job_id=J,
+            node_id=N,
+            attempt=3,
+            error=f"released by its node on the last attempt: {REASON}",
+            by_server=False,
+        ),
+    ]
+    ended = state_of([*given, *when(given, release(3))])
+    assert (ended.status, ended.attempt) == (JobStatus.FAILED, 3)
+
+
+def test_releases_and_lost_leases_share_max_attempts() -> None:
+    """A release counts against maxAttempts exactly like a lease expiry."""
+    given = [*PENDING, assigned(1), released(1), assigned(2)]
+    assert when(given, expire(2)) == [LeaseExpired(job_id=J, node_id=N, attempt=2, requeued=True)]
+    one = [JobCreated(job_id=J, max_attempts=1), UPLOADED, assigned(1)]
+    assert [type(e) for e in when(one, release(1))] == [JobReleased, JobFailed]
+
+
+def test_release_after_a_restart_has_a_fresh_run_of_attempts() -> None:
+    """Attempts before a restart do not count against the new run."""
+    given = [*FAILED, JobRestarted(job_id=J, attempt=2), assigned(2)]
+    assert when(given, release(2)) == [released(2)]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        [*RUNNING, released(1)],
+        [*RUNNING, released(1), assigned(2, OTHER)],
+        [*RUNNING, released(1), assigned(2), acked(2)],
+        [
+            JobCreated(job_id=J, max_attempts=1),
+            UPLOADED,
+            assigned(1),
+            released(1, requeued=False),
+            JobFailed(job_id=J, node_id=N, attempt=1, error="released", by_server=False),
+        ],
+    ],
+    ids=["pending", "taken-by-another", "taken-again-by-the-same", "failed-by-it"],
+)
+def test_repeated_release_decides_nothing(given: list[Event]) -> None:
+    """A node repeating the release of an attempt it already handed back (its first
+    answer was lost) is answered without any new event, whatever happened since."""
+    assert when(given, release(1)) == []
+    assert when(given, release(1, reason="another wording")) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "command"),
+    [
+        (RUNNING, release(1, OTHER)),  # another node's attempt
+        ([*RUNNING, released(1)], release(1, OTHER)),  # released, but not by this node
+        ([*PENDING, *lost(1), assigned(2)], release(1)),  # the lease moved it on
+        ([*RUNNING, released(1), assigned(2)], release(3)),  # an attempt not yet given
+        (PENDING, release(1)),  # nothing held
+        (FINISHED, release(1)),  # already ended by its finish
+        (FAILED, release(1)),
+    ],
+    ids=["other-node", "released-by-another", "stale", "future", "pending", "finished", "failed"],
+)
+def test_release_of_an_attempt_the_node_does_not_hold_conflicts(
+    given: list[Event], command: ReleaseJob
+) -> None:
+    """Only the node holding the current attempt may release it (409 otherwise)."""
+    with pytest.raises(Conflict):
+        when(given, command)
+
+
+@pytest.mark.parametrize(
+    "given", [[], [*RUNNING, JobDeleted(job_id=J)]], ids=["unknown", "deleted"]
+)
+def test_release_of_an_unknown_or_deleted_job_is_not_found(given: list[Event]) -> None:
+    """A release names a job that must exist (404 otherwise), like every job command."""
+    with pytest.raises(NotFound):
+        when(given, release(1))
+
+
+def test_a_finish_after_the_release_conflicts() -> None:
+    """Once released, the attempt is no longer the node's to finish."""
+    with pytest.raises(Conflict):
+        when([*RUNNING, released(1)], finish())
+
+
+def test_a_lease_expiry_after_the_release_is_a_no_op() -> None:
+    """The sweeper finding the released attempt's node silent changes nothing."""
+    assert when([*RUNNING, released(1)], expire(1)) == []

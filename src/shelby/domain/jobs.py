@@ -21,6 +21,7 @@ from shelby.events.types import (
     JobDeleted,
     JobFailed,
     JobFinished,
+    JobReleased,
     JobRestarted,
     JobTimedOut,
     LeaseExpired,
@@ -42,6 +43,7 @@ __all__ = [
     "JobCommand",
     "JobState",
     "JobStatus",
+    "ReleaseJob",
     "ReportJobUsage",
     "RestartJob",
     "TimeOutJob",
@@ -76,6 +78,9 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     has_script: bool = False
     next_offset: int = 0  # of the current attempt's log
     ending: Event | None = None  # the JobFinished/JobFailed that ended the attempt
+    # (attempt, node) of every attempt its node handed back, so that a release the
+    # node repeats (its first answer was lost) is recognised rather than refused.
+    released: frozenset[tuple[int, str]] = frozenset()
 
 
 def initial_state() -> JobState:
@@ -157,6 +162,18 @@ class ExpireLease(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
 
 
+class ReleaseJob(msgspec.Struct, frozen=True, kw_only=True):
+    """Sent by the node holding an attempt that it will not see through: its agent is
+    shutting down, or found the attempt cut short by an earlier run of itself. The
+    node's going away is not the script's failure, so the job goes back to the queue
+    at once instead of waiting for the lease to expire."""
+
+    job_id: str
+    node_id: str
+    attempt: int
+    reason: str
+
+
 class TimeOutJob(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     attempt: int
@@ -179,6 +196,7 @@ JobCommand = (
     | ReportJobUsage
     | FinishJob
     | ExpireLease
+    | ReleaseJob
     | TimeOutJob
     | RestartJob
     | DeleteJob
@@ -204,6 +222,11 @@ def _current_attempt(state: JobState, node_id: str, attempt: int | None) -> int:
             f" (the current attempt is {state.attempt})"
         )
     return state.attempt
+
+
+def _attempts_left(state: JobState) -> bool:
+    """Whether the current attempt is not the last one ``maxAttempts`` allows."""
+    return state.attempt - state.first_attempt + 1 < state.max_attempts
 
 
 def decide(command: JobCommand, state: JobState) -> list[Event]:
@@ -304,7 +327,7 @@ def decide(command: JobCommand, state: JobState) -> list[Event]:
                 or state.attempt != command.attempt
             ):
                 return []  # the attempt already moved on: nothing to expire
-            requeue = state.attempt - state.first_attempt + 1 < state.max_attempts
+            requeue = _attempts_left(state)
             expired = LeaseExpired(
                 job_id=command.job_id,
                 node_id=command.node_id,
@@ -321,6 +344,31 @@ def decide(command: JobCommand, state: JobState) -> list[Event]:
                     attempt=command.attempt,
                     error=f"lease expired on {state.max_attempts} attempts",
                     by_server=True,
+                ),
+            ]
+        case ReleaseJob():
+            _existing(state, command.job_id)
+            if (command.attempt, command.node_id) in state.released:
+                return []  # the same release again: the attempt is already handed back
+            _current_attempt(state, command.node_id, command.attempt)
+            requeue = _attempts_left(state)
+            released = JobReleased(
+                job_id=command.job_id,
+                node_id=command.node_id,
+                attempt=command.attempt,
+                reason=command.reason,
+                requeued=requeue,
+            )
+            if requeue:
+                return [released]
+            return [
+                released,
+                JobFailed(
+                    job_id=command.job_id,
+                    node_id=command.node_id,
+                    attempt=command.attempt,
+                    error=f"released by its node on the last attempt: {command.reason}",
+                    by_server=False,
                 ),
             ]
         case TimeOutJob():
@@ -415,6 +463,17 @@ def evolve(state: JobState, event: Event) -> JobState:
                 return state  # JobFailed follows
             return msgspec.structs.replace(
                 state, status=JobStatus.PENDING, attempt=state.attempt + 1, node_id=None
+            )
+        case JobReleased():
+            released = state.released | {(event.attempt, event.node_id)}
+            if not event.requeued:
+                return msgspec.structs.replace(state, released=released)  # JobFailed follows
+            return msgspec.structs.replace(
+                state,
+                status=JobStatus.PENDING,
+                attempt=state.attempt + 1,
+                node_id=None,
+                released=released,
             )
         case JobRestarted():
             return msgspec.structs.replace(

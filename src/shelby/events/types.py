@@ -22,6 +22,7 @@ __all__ = [
     "JobDeleted",
     "JobFailed",
     "JobFinished",
+    "JobReleased",
     "JobRestarted",
     "JobTimedOut",
     "LeaseExpired",
@@ -178,6 +179,19 @@ class LeaseExpired(Event, frozen=True, kw_only=True):
     requeued: bool
 
 
+class JobReleased(Event, frozen=True, kw_only=True):
+    """The node holding the attempt handed it back unfinished (its agent shut down, or
+    found the attempt cut short by an earlier run of itself): an infrastructure event,
+    counted against ``maxAttempts`` like ``LeaseExpired``. ``requeued`` is false when
+    no attempts were left, in which case a ``JobFailed`` follows."""
+
+    job_id: str
+    node_id: str
+    attempt: int
+    reason: str
+    requeued: bool
+
+
 class JobTimedOut(Event, frozen=True, kw_only=True):
     """The server ended an attempt that outlived the job's timeout; ``JobFailed``
     follows with the error ``timeout``."""
@@ -217,6 +231,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobTimedOut,
         JobRestarted,
         JobDeleted,
+        JobReleased,
     )
 }
 
@@ -242,6 +257,7 @@ def actor_of(event: Event) -> str:
             | UsageReported()
             | JobFinished()
             | JobFailed()
+            | JobReleased()
         ):
             return event.node_id or SYSTEM
         case JobCreated() | ScriptUploaded() | JobRestarted() | JobDeleted():
