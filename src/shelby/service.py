@@ -23,6 +23,7 @@ from shelby.events.types import (
     JobDeleted,
     JobFailed,
     JobFinished,
+    JobReleased,
     JobRestarted,
     LeaseExpired,
     NodeRegistered,
@@ -62,6 +63,7 @@ class WorkSignal:
 _WAKE_TYPES = (
     ScriptUploaded,
     LeaseExpired,
+    JobReleased,
     JobRestarted,
     JobFinished,
     JobFailed,

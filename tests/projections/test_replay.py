@@ -28,6 +28,7 @@ from shelby.domain.jobs import (
     FinishJob,
     JobCommand,
     JobStatus,
+    ReleaseJob,
     ReportJobUsage,
     RestartJob,
     TimeOutJob,
@@ -54,6 +55,7 @@ KINDS = (
     "finish",
     "fail",
     "expire",
+    "release",
     "timeout",
     "restart",
     "delete",
@@ -159,10 +161,10 @@ class Driver:
             elif state.status is JobStatus.PENDING:
                 kind = "assign" if state.has_script else "upload"
             elif state.status is JobStatus.ASSIGNED:
-                kind = ("ack", "log", "expire")[k % 3]
+                kind = ("ack", "log", "expire", "release")[k % 4]
             elif state.status is JobStatus.RUNNING:
-                kind = ("log", "log", "usage", "finish", "fail", "timeout", "expire")[
-                    (k + state.next_offset) % 7
+                kind = ("log", "log", "usage", "finish", "fail", "timeout", "expire", "release")[
+                    (k + state.next_offset) % 8
                 ]
             else:
                 kind = "restart"
@@ -228,6 +230,15 @@ class Driver:
                 )
             case "expire":
                 return ExpireLease(job_id=job, node_id=holder, attempt=state.attempt)
+            case "release":
+                # k == 3 names the attempt before: a repeated release (no events) or a
+                # stale one (refused).
+                return ReleaseJob(
+                    job_id=job,
+                    node_id=holder,
+                    attempt=state.attempt - (k == 3),
+                    reason=f"the agent shut down ({k})",
+                )
             case "timeout":
                 return TimeOutJob(job_id=job, attempt=state.attempt)
             case "restart":
@@ -312,4 +323,55 @@ def test_a_full_lifecycle_leaves_rows_in_every_projection() -> None:
         "running": 0,
         "finished": 1,
         "failed": 0,
+    }
+
+
+def test_released_attempts_are_requeued_then_failed_live_and_rebuilt() -> None:
+    """A release requeues the job as the next attempt, a release of the last attempt
+    fails it, a repeated release appends nothing; rebuilt rows equal the live ones."""
+    ops: list[Op] = [
+        ("create", 0, 0, 1, {}),  # maxAttempts 2
+        ("upload", 0, 0, 1, {}),
+        ("assign", 0, 0, 0, {}),
+        ("ack", 0, 0, 0, {}),
+        ("release", 0, 0, 0, {}),
+        ("assign", 0, 1, 0, {}),
+        ("release", 0, 1, 1, {}),
+        ("release", 0, 1, 1, {}),  # the same again: nothing
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "shelby.db"
+        count = asyncio.run(play(path, ops, 1))
+        live = dump(path)
+        asyncio.run(rebuild(path))
+        assert dump(path) == live
+        conn = sqlite3.connect(path)
+        try:
+            job = conn.execute(
+                "SELECT status, attempt, assigned_node, error FROM jobs WHERE job_id = 'j0'"
+            ).fetchone()
+            trail = conn.execute(
+                "SELECT type, actor FROM provenance WHERE job_id = 'j0' ORDER BY seq"
+            ).fetchall()
+        finally:
+            conn.close()
+    assert count == 8
+    assert job == (
+        "failed",
+        2,
+        "n1",
+        "released by its node on the last attempt: the agent shut down (1)",
+    )
+    assert trail[4:] == [
+        ("JobReleased", "n0"),
+        ("JobAssigned", "n1"),
+        ("JobReleased", "n1"),
+        ("JobFailed", "n1"),
+    ]
+    assert dict((s, n) for s, n in live["job_counts"]) == {
+        "pending": 0,
+        "assigned": 0,
+        "running": 0,
+        "finished": 0,
+        "failed": 1,
     }

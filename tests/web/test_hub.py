@@ -22,6 +22,7 @@ from shelby.domain.jobs import (
     AssignJob,
     CreateJob,
     FinishJob,
+    ReleaseJob,
     RestartJob,
     UploadScript,
 )
@@ -218,4 +219,37 @@ async def test_the_hub_knows_every_event_type(service: Service) -> None:
             event=event,
         )
         hub._on_batch([rec])
+    hub.close()
+
+
+async def test_status_messages_follow_a_released_job_into_its_next_attempt(
+    service: Service,
+) -> None:
+    """A release is heard as pending on the next attempt, and a release of the last
+    attempt as failed on that attempt."""
+    await _job(service, "j1", CreateJob(job_id="j1", max_attempts=2))
+    await _job(service, "j1", UploadScript(job_id="j1", script="print(1)"))
+    hub = Hub(service)
+    follower = hub.follow("j1")
+    hub.known_status("j1", "pending", 1)
+    for attempt in (1, 2):
+        await _job(service, "j1", AssignJob(job_id="j1", node_id="n1"))
+        await _job(
+            service,
+            "j1",
+            ReleaseJob(job_id="j1", node_id="n1", attempt=attempt, reason="shutting down"),
+        )
+    statuses = [
+        (m.status, m.attempt)  # type: ignore[union-attr]
+        for m in _drain(follower)
+    ]
+    # The last release says no status of its own (its JobFailed follows in the same
+    # batch), so its message repeats the known one, as a lease lost on the last attempt.
+    assert statuses == [
+        ("assigned", 1),
+        ("pending", 2),
+        ("assigned", 2),
+        ("assigned", 2),
+        ("failed", 2),
+    ]
     hub.close()

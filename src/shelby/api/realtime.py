@@ -41,6 +41,7 @@ from shelby.events.types import (
     JobDeleted,
     JobFailed,
     JobFinished,
+    JobReleased,
     JobRestarted,
     JobTimedOut,
     LeaseExpired,
@@ -247,9 +248,9 @@ def _status_after(event: Any) -> tuple[str | None, int | None]:
             return "finished", event.attempt
         case JobFailed():
             return "failed", event.attempt
-        case LeaseExpired(requeued=True):
+        case LeaseExpired(requeued=True) | JobReleased(requeued=True):
             return "pending", event.attempt + 1
-        case LeaseExpired() | JobTimedOut():
+        case LeaseExpired() | JobReleased() | JobTimedOut():
             return None, event.attempt  # a JobFailed follows in the same batch
         case JobRestarted():
             return "pending", event.attempt
@@ -343,6 +344,7 @@ class Hub:
                     | JobFinished()
                     | JobFailed()
                     | LeaseExpired()
+                    | JobReleased()
                     | JobTimedOut()
                     | JobRestarted()
                     | JobDeleted()

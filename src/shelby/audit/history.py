@@ -100,6 +100,9 @@ def read_history(job_id: str, events: Sequence[AuditEvent]) -> JobHistory:
             case "LeaseExpired":
                 a = attempt(n)
                 a.ended_at, a.outcome = e.timestamp, "lease-expired"
+            case "JobReleased":
+                a = attempt(n)
+                a.ended_at, a.outcome = e.timestamp, "released"
             case "JobTimedOut":
                 a = attempt(n)
                 a.ended_at, a.outcome = e.timestamp, "timed-out"

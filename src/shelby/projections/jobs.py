@@ -13,6 +13,7 @@ from shelby.events.types import (
     JobDeleted,
     JobFailed,
     JobFinished,
+    JobReleased,
     JobRestarted,
     LeaseExpired,
     ScriptUploaded,
@@ -53,10 +54,11 @@ class JobsProjection:
         JobFinished,
         JobFailed,
         LeaseExpired,
+        JobReleased,
         JobRestarted,
         JobDeleted,
     )
-    version = 1
+    version = 2  # 2: JobReleased
     tables = ("jobs", "job_counts", "scripts")
     ddl = (
         """CREATE TABLE IF NOT EXISTS jobs (
@@ -171,7 +173,7 @@ class JobsProjection:
                     "finished_at = ?, model_hash = ?, exit_code = ?, error = ?, metadata = ?",
                     (rec.timestamp, e.model_hash, e.exit_code, e.error, to_json(e.metadata)),
                 )
-            case LeaseExpired(requeued=True):
+            case LeaseExpired(requeued=True) | JobReleased(requeued=True):
                 return _move(
                     e.job_id,
                     "pending",

@@ -224,6 +224,7 @@ function describe(type, d, actor) {
     case "JobFailed": return `Failed${d.error ? `: ${d.error}` : ""}`
       + (d.exitCode != null ? ` (exit code ${d.exitCode})` : "") + ".";
     case "LeaseExpired": return `${d.nodeId} went silent; ${d.requeued ? "back in the queue" : "no attempts left"}.`;
+    case "JobReleased": return `${d.nodeId} handed attempt ${d.attempt} back (${d.reason || "no reason given"}); ${d.requeued ? "back in the queue" : "no attempts left"}.`;
     case "JobTimedOut": return `Ran past its timeout on ${d.nodeId || "its node"}.`;
     case "JobRestarted": return `Restarted as attempt ${d.attempt}.`;
     case "JobDeleted": return "Deleted.";
