@@ -67,7 +67,7 @@ EVENTS_DDL = [
         idx BIGINT NOT NULL,
         hash BLOB NOT NULL,
         PRIMARY KEY (level, idx)
-    )""",
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS projection_positions (
         name TEXT PRIMARY KEY,
         version INTEGER NOT NULL,
@@ -154,6 +154,7 @@ class SQLiteEventStore:
         # writer thread: the version check of an append needs no query when it hits.
         self._versions: dict[str, int] = {}
         self._tree = Frontier()
+        self._data_version = -1
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -347,7 +348,14 @@ class SQLiteEventStore:
 
     def _check_head(self, conn: sqlite3.Connection) -> None:
         """The store is the only writer of its file; if the log moved after all (another
-        process appended, or the last batch failed), what is cached is read again."""
+        process appended, or the last batch failed), what is cached is read again.
+
+        ``data_version`` changes only when another connection commits, so the common
+        case costs no read of the log."""
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if data_version == self._data_version and self._head.seq >= 0:
+            return
+        self._data_version = data_version
         row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         head = Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
         if head != self._head:
