@@ -35,6 +35,7 @@ NODE_CALLS = [
     ("POST", "/api/jobs/stream-log", {"jobId": "J", "nodeId": "N", "offset": 0, "lines": []}),
     ("POST", "/api/usage-report", {"nodeId": "N", "cpuSeconds": 1}),
     ("POST", "/api/jobs/finish", {"jobId": "J", "nodeId": "N", "status": "failed"}),
+    ("POST", "/api/jobs/release", {"jobId": "J", "nodeId": "N", "attempt": 1, "reason": "x"}),
 ]
 REGISTER = ("POST", "/api/nodes/register", {"name": "x"})
 

@@ -1,6 +1,7 @@
 """The agent protocol (API.md, "Agent protocol"): register with the join token, then
 heartbeat, poll, ack, fetch the script, stream the log, report usage and finish with
-the node token, each for the node the token belongs to."""
+the node token, each for the node the token belongs to. An agent going away hands its
+attempts back with release, so that they need not wait for the lease to expire."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from shelby.api.schemas import (
     PollResponse,
     RegisterRequest,
     RegisterResponse,
+    ReleaseRequest,
+    ReleaseResponse,
     StreamLogRequest,
     StreamLogResponse,
     UsageReportRequest,
@@ -34,6 +37,7 @@ from shelby.domain.jobs import (
     AppendLogLines,
     FinishJob,
     JobState,
+    ReleaseJob,
     ReportJobUsage,
 )
 from shelby.domain.nodes import Heartbeat, RegisterNode, ReportNodeUsage
@@ -252,6 +256,24 @@ async def finish(call: Call) -> FinishResponse:
     return FinishResponse(job_id=body.job_id, status=str(outcome.state.status))
 
 
+async def release(call: Call) -> ReleaseResponse:
+    body: ReleaseRequest = call.body
+    call.act_for(body.node_id)
+    outcome = await call.service.handler.handle(
+        job_stream(body.job_id),
+        JOBS,
+        ReleaseJob(
+            job_id=body.job_id,
+            node_id=body.node_id,
+            attempt=body.attempt,
+            reason=body.reason or "no reason given",
+        ),
+    )
+    return ReleaseResponse(
+        job_id=body.job_id, status=str(outcome.state.status), attempt=outcome.state.attempt
+    )
+
+
 ENDPOINTS = [
     Endpoint(
         "POST",
@@ -338,6 +360,19 @@ ENDPOINTS = [
         finish,
         FinishResponse,
         body=FinishRequest,
+        errors=_NODE_ERRORS,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        "/api/jobs/release",
+        Access.NODE,
+        "Hand back the current attempt unfinished (the node is going away): the job is"
+        " requeued at once as the next attempt, or fails when it was the last"
+        " (repeating it changes nothing)",
+        release,
+        ReleaseResponse,
+        body=ReleaseRequest,
         errors=_NODE_ERRORS,
         tag="agents",
     ),

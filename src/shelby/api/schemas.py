@@ -42,6 +42,8 @@ __all__ = [
     "PollResponse",
     "RegisterRequest",
     "RegisterResponse",
+    "ReleaseRequest",
+    "ReleaseResponse",
     "ResourcesRequest",
     "StreamLogRequest",
     "StreamLogResponse",
@@ -285,6 +287,25 @@ class FinishRequest(_Wire, frozen=True):
 class FinishResponse(_Wire, frozen=True):
     job_id: str
     status: str
+
+
+class ReleaseRequest(_Wire, frozen=True):
+    """The node hands back an attempt it will not see through (its agent is shutting
+    down, or found the attempt cut short by an earlier run of itself)."""
+
+    job_id: str
+    node_id: str
+    attempt: Annotated[int, Meta(ge=1)]
+    reason: Annotated[str, Meta(max_length=1000)] = ""
+
+
+class ReleaseResponse(_Wire, frozen=True):
+    """The job after the release: ``pending`` on the next attempt, or ``failed`` when
+    the released attempt was its last."""
+
+    job_id: str
+    status: str
+    attempt: int
 
 
 # --- audit ----------------------------------------------------------------------------
