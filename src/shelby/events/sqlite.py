@@ -228,6 +228,8 @@ class SQLiteEventStore:
         if stale:
             self._reset(stale)
             behind.setdefault(0, []).extend(stale)
+        if self._head.seq == 0:
+            return  # a new log: nothing to catch up on
         for after, projs in sorted(behind.items()):
             log.info("projections catching up", names=[p.name for p in projs], after=after)
             self._replay(projs, after, None)
