@@ -119,3 +119,28 @@ async def test_persist_returns_once_the_server_answers() -> None:
     backoff = Backoff(base=0.01, cap=0.02)
     answer = await persist(lambda: client.heartbeat("n", {}, []), backoff, what="test")
     assert answer["cancelJobs"] == ["j9"] and backoff.failures == 0
+
+
+async def test_release_names_the_attempt_and_a_409_means_it_is_gone() -> None:
+    """release posts jobId, nodeId, attempt and reason to /api/jobs/release; a 409 (the
+    attempt moved on) is AttemptGone, like every job-scoped call."""
+    sent: list[tuple[str, bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, request.content))
+        return httpx.Response(200, json={"jobId": "j", "status": "pending", "attempt": 2})
+
+    client = AgentClient("http://server.test", transport=httpx.MockTransport(handler))
+    answer = await client.release("j", "n", 1, "the agent shut down")
+    assert answer == {"jobId": "j", "status": "pending", "attempt": 2}
+    assert [path for path, _ in sent] == ["/api/jobs/release"]
+    assert httpx.Response(200, content=sent[0][1]).json() == {
+        "jobId": "j",
+        "nodeId": "n",
+        "attempt": 1,
+        "reason": "the agent shut down",
+    }
+    with pytest.raises(AttemptGone):
+        await answering(409, {"detail": "attempt 1 of job 'j' is not current"}).release(
+            "j", "n", 1, "x"
+        )

@@ -517,21 +517,145 @@ def test_an_agent_restart_rejoins_as_the_same_node_and_resends_its_spool(
         assert [n["nodeId"] for n in http.get("/api/frontend/nodes").json()["nodes"]] == [node_id]
 
 
-def test_sigterm_stops_the_running_job_and_reports_it(
-    shelby_server: Any, agents: AgentFactory, tmp_path: Path
+# Attempt 1 starts a tree that ignores SIGTERM (pids in PIDS) and sleeps; later ones finish.
+HANDED_BACK_SCRIPT = """
+import os, pathlib, signal, subprocess, sys, time
+attempt = os.environ["SHELBY_ATTEMPT"]
+if attempt == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    kid = subprocess.Popen([sys.executable, "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    open({pids!r}, "w").write(f"{{os.getpid()}} {{kid.pid}}")
+    print("attempt 1 running", flush=True)
+    time.sleep(600)
+(pathlib.Path(os.environ["SHELBY_OUTPUT_DIR"]) / "model").write_text("attempt " + attempt)
+print("attempt", attempt, "done")
+"""
+
+# Long enough that nothing but a release can requeue a job within a test.
+LONG_LEASE = 60
+
+
+def released(server: Any, job_id: str) -> list[dict[str, Any]]:
+    return [data for kind, data in audit_types(server, job_id) if kind == "JobReleased"]
+
+
+def test_sigterm_stops_the_running_job_and_hands_it_back(
+    server_factory: Any, agents: AgentFactory, tmp_path: Path
 ) -> None:
-    """The agent's own shutdown stops the script's whole tree, reports the attempt
-    failed as interrupted, and exits cleanly."""
+    """The agent's own shutdown stops the script's whole tree, ships its log, hands the
+    attempt back so that the job is requeued at once (no lease expiry), and exits
+    cleanly; another agent then runs attempt 2 to the end."""
+    server = server_factory(lease_seconds=LONG_LEASE)
     pids = tmp_path / "pids"
-    job_id = create_job(shelby_server, TREE_SCRIPT.format(pids=str(pids), mark="started"))
-    agent = agents(shelby_server)
-    wait_printed(shelby_server, job_id, "started")
-    assert agent.stop(timeout=20) == 0
+    job_id = create_job(server, HANDED_BACK_SCRIPT.format(pids=str(pids)))
+    first = agents(server, name="first")
+    wait_printed(server, job_id, "attempt 1 running")
+    assert first.stop(timeout=20) == 0
     for pid in pids_in(pids):
         assert gone(pid), pid
-    job = get_job(shelby_server, job_id)
-    assert job["status"] == "failed"
-    assert job["error"] == "interrupted: the agent shut down"
+    job = get_job(server, job_id)
+    assert (job["status"], job["attempt"], job["assignedNode"]) == ("pending", 2, None)
+    assert job["error"] is None
+    assert released(server, job_id) == [
+        {
+            "type": "JobReleased",
+            "jobId": job_id,
+            "nodeId": first.node_id(),
+            "attempt": 1,
+            "reason": "the agent shut down",
+            "requeued": True,
+        }
+    ]
+    kinds = [kind for kind, _ in audit_types(server, job_id)]
+    assert "LeaseExpired" not in kinds and "JobFailed" not in kinds
+    system = printed(server, job_id, attempt=1, stream="system")
+    assert any("stopped (shutdown)" in line for line in system), system
+    assert printed(server, job_id, attempt=1) == ["attempt 1 running"]
+    state = json.loads((first.attempt_dir(job_id, 1) / "state.json").read_text())
+    assert state["phase"] == "released"
+
+    second = agents(server, name="second")
+    job = wait_status(server, job_id, "finished", "failed", timeout=30)
+    assert (job["status"], job["attempt"]) == ("finished", 2)
+    assert job["assignedNode"] == second.node_id() != first.node_id()
+    assert job["modelHash"] == shell_model_hash(second.attempt_dir(job_id, 2) / "out")
+
+
+def test_sigterm_on_the_last_attempt_fails_the_job_as_released(
+    server_factory: Any, agents: AgentFactory, tmp_path: Path
+) -> None:
+    """With maxAttempts 1 the attempt handed back was the last: the job fails, saying so."""
+    server = server_factory(lease_seconds=LONG_LEASE)
+    job_id = create_job(
+        server, HANDED_BACK_SCRIPT.format(pids=str(tmp_path / "pids")), maxAttempts=1
+    )
+    agent = agents(server)
+    wait_printed(server, job_id, "attempt 1 running")
+    assert agent.stop(timeout=20) == 0
+    job = get_job(server, job_id)
+    assert (job["status"], job["attempt"]) == ("failed", 1)
+    assert job["error"] == "released by its node on the last attempt: the agent shut down"
+
+
+def test_an_agent_restarted_on_its_work_dir_hands_back_the_attempt_it_left(
+    server_factory: Any, agents: AgentFactory, tmp_path: Path
+) -> None:
+    """SIGKILL the agent mid-job and start it again on the same work dir before the lease
+    runs out: it kills what is left of the tree, hands attempt 1 back, and then runs
+    attempt 2 itself."""
+    server = server_factory(lease_seconds=LONG_LEASE)
+    pids = tmp_path / "pids"
+    job_id = create_job(server, HANDED_BACK_SCRIPT.format(pids=str(pids)))
+    work_dir = tmp_path / "restarting"
+    first = agents(server, work_dir=work_dir)
+    node_id = first.node_id()
+    wait_printed(server, job_id, "attempt 1 running")
+    first.kill()
+    again = agents(server, work_dir=work_dir)
+    job = wait_status(server, job_id, "finished", "failed", timeout=30)
+    assert (job["status"], job["attempt"]) == ("finished", 2)
+    assert again.node_id() == node_id == job["assignedNode"]
+    for pid in pids_in(pids):
+        wait_for(lambda pid=pid: gone(pid), 5, f"pid {pid} to die")
+    assert [
+        (r["nodeId"], r["attempt"], r["reason"], r["requeued"]) for r in released(server, job_id)
+    ] == [(node_id, 1, "the agent stopped while the attempt ran", True)]
+    assert "LeaseExpired" not in [kind for kind, _ in audit_types(server, job_id)]
+    system = printed(server, job_id, attempt=1, stream="system")
+    assert "[shelby] the agent stopped while the attempt ran; handing it back" in system
+    state = json.loads((again.attempt_dir(job_id, 1) / "state.json").read_text())
+    assert state["phase"] == "released"
+    assert job["modelHash"] == shell_model_hash(again.attempt_dir(job_id, 2) / "out")
+
+
+def test_a_shutdown_that_cannot_reach_the_server_hands_back_at_the_next_start(
+    server_factory: Any, agents: AgentFactory, tmp_path: Path
+) -> None:
+    """With the server down, a shutdown stops the tree and gives up the release after
+    its short timeout, exiting cleanly; started again once the server is back, the
+    agent hands the attempt back and runs attempt 2."""
+    server = server_factory(lease_seconds=LONG_LEASE)
+    pids = tmp_path / "pids"
+    job_id = create_job(server, HANDED_BACK_SCRIPT.format(pids=str(pids)))
+    work_dir = tmp_path / "cut-off"
+    first = agents(server, work_dir=work_dir)
+    wait_printed(server, job_id, "attempt 1 running")
+    server.kill()
+    assert first.stop(timeout=30) == 0
+    for pid in pids_in(pids):
+        assert gone(pid), pid
+    state_file = first.attempt_dir(job_id, 1) / "state.json"
+    assert json.loads(state_file.read_text())["phase"] == "releasing"
+    assert "could not hand the attempt back in time" in first.log_text()
+    server.start()
+    agents(server, work_dir=work_dir)
+    job = wait_status(server, job_id, "finished", "failed", timeout=30)
+    assert (job["status"], job["attempt"]) == ("finished", 2)
+    assert [(r["attempt"], r["reason"]) for r in released(server, job_id)] == [
+        (1, "the agent shut down")
+    ]
+    assert printed(server, job_id, attempt=1) == ["attempt 1 running"]
 
 
 # --- capacity and environments ------------------------------------------------------

@@ -9,6 +9,12 @@ Three kinds of task share one event loop:
 
 The server may vanish at any moment. Every call then waits with backoff and jitter
 and tries again; a running script is not disturbed, and its lines wait in the spool.
+
+An agent going away is an infrastructure event, not the script's failure: a graceful
+shutdown stops each running script, ships its log and hands the attempt back
+(``POST /api/jobs/release``), so that the server requeues the job at once rather than
+when the lease expires. A start that finds an attempt an earlier run left unfinished
+hands it back the same way.
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ class AgentConfig:
     shutdown_grace: float = 10.0
     """How long a shutdown may spend reporting the attempts it stopped; what is not
     reported by then is reported by the next start."""
+    release_timeout: float = 5.0
+    """How long a shutdown tries to hand a stopped attempt back (its log, usage and
+    the release itself) before leaving it to the lease; at most ``shutdown_grace``."""
 
 
 class Agent:
@@ -359,6 +368,14 @@ class Agent:
                 state.update(phase="abandoned")
                 log.info("attempt taken back by the server; reporting nothing more")
                 return
+            if ending.status == "released":
+                state.update(phase="releasing", reason=ending.error, usage=ending.usage_body())
+                log.info("handing the attempt back", reason=ending.error)
+                timeout = min(self.config.release_timeout, self.config.shutdown_grace)
+                await self._hand_back(
+                    state, shipper, deadline=asyncio.get_running_loop().time() + timeout
+                )
+                return
             state.update(
                 phase="finishing",
                 finish=ending.finish_body(job_id, self._node, assignment.attempt),
@@ -448,10 +465,79 @@ class Agent:
         state.update(phase="done")
         log.info("reported", status=finish["status"])
 
+    async def _hand_back(
+        self, state: AttemptState, shipper: LogShipper, *, deadline: float | None
+    ) -> None:
+        """Drain the log, send the usage, then release the attempt: the server requeues
+        the job at once. By ``deadline`` (loop time) it gives up, and the attempt stays
+        ``releasing``: the lease expires as it would have anyway, and the next start of
+        the agent tries the release again (a 409 then, if the server moved on)."""
+        loop = asyncio.get_running_loop()
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - loop.time())
+
+        retry = partial(
+            persist,
+            backoff=Backoff(cap=self.config.max_backoff),
+            on_not_registered=self._reregister,
+            deadline=deadline,
+        )
+        reason = str(state.data.get("reason") or "the agent stopped")
+        try:
+            await asyncio.wait_for(shipper.drain(), left())
+            if shipper.gone:
+                state.update(phase="abandoned")
+                return
+            usage = state.data.get("usage")
+            if usage and not state.data.get("usageSent"):
+                await asyncio.wait_for(
+                    retry(
+                        partial(
+                            self.client.usage_report,
+                            state.job_id,
+                            self._node,
+                            state.attempt,
+                            usage,
+                        ),
+                        what="usage-report",
+                    ),
+                    left(),
+                )
+                state.update(usageSent=True)
+            answer = await asyncio.wait_for(
+                retry(
+                    partial(self.client.release, state.job_id, self._node, state.attempt, reason),
+                    what="release",
+                ),
+                left(),
+            )
+        except (Unreachable, TimeoutError) as exc:
+            log.warning(
+                "could not hand the attempt back in time; its lease will expire",
+                error=str(exc) or type(exc).__name__,
+            )
+            return
+        except AttemptGone as exc:
+            log.info("the server took the attempt back before its release", detail=exc.detail)
+            state.update(phase="abandoned")
+            return
+        except Rejected as exc:
+            log.error("the server refused the release", error=str(exc))
+            state.update(phase="refused", refusal=str(exc))
+            return
+        state.update(phase="released")
+        log.info(
+            "attempt handed back",
+            job_status=answer.get("status"),
+            next_attempt=answer.get("attempt"),
+        )
+
     async def _recover(self, state: AttemptState) -> None:
         """Finish what an earlier run of the agent left: a stopped or killed agent
-        leaves attempts ``running`` (their process tree cannot be adopted again) or
-        ``finishing`` (reported in part)."""
+        leaves attempts ``running`` (their process tree cannot be adopted again: they
+        are handed back), ``releasing`` (not yet handed back) or ``finishing``
+        (reported in part)."""
         structlog.contextvars.bind_contextvars(job_id=state.job_id, attempt=state.attempt)
         stop = StopRequest()
         key = (state.job_id, state.attempt)
@@ -460,18 +546,17 @@ class Agent:
         try:
             if state.phase in ACTIVE:
                 killed = await asyncio.to_thread(state.kill_leftovers)
-                error = "interrupted: the agent stopped while the attempt ran"
-                shipper.line("system", f"[shelby] {error}", time.time())
-                ending = Ending(status="failed", error=error)
-                state.update(
-                    phase="finishing",
-                    finish=ending.finish_body(state.job_id, self._node, state.attempt),
-                    usage=None,
-                )
+                reason = "the agent stopped while the attempt ran"
+                shipper.line("system", f"[shelby] {reason}; handing it back", time.time())
+                spool.flush()
+                state.update(phase="releasing", reason=reason, usage=None)
                 log.warning("found an interrupted attempt", killed_leftovers=killed)
+            if state.phase == "releasing":
+                log.info("handing back an attempt of an earlier run")
+                await self._hand_back(state, shipper, deadline=None)
             else:
                 log.info("completing the report of an earlier run")
-            await self._report(state, shipper)
+                await self._report(state, shipper)
         except Exception:
             log.exception("recovery crashed")
         finally:

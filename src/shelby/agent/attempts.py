@@ -6,12 +6,15 @@
   and ``pidCreated`` name its process group once it exists.
 - ``finishing``: the ending is decided and saved (``finish`` and ``usage`` bodies);
   what is left is to drain the log spool and send both.
-- ``done``: the server has the finish. ``abandoned``: the server took the attempt
-  back (409), so nothing more is sent for it.
+- ``releasing``: the agent is going away (or found the attempt cut short by an
+  earlier run of itself); ``reason`` and ``usage`` are saved, and what is left is to
+  drain the log, send the usage and hand the attempt back to the server.
+- ``done``: the server has the finish. ``released``: the server has the attempt back.
+  ``abandoned``: the server took the attempt back (409), so nothing more is sent for it.
 
 A restarted agent stops what an earlier run left ``starting`` or ``running`` (the
-process tree cannot be adopted again: its pipes died with the agent), reports it
-failed, and completes every ``finishing`` attempt.
+process tree cannot be adopted again: its pipes died with the agent) and hands it
+back, and completes every ``finishing`` or ``releasing`` attempt.
 """
 
 from __future__ import annotations
@@ -125,5 +128,5 @@ def unfinished_attempts(work_dir: Path) -> Iterator[AttemptState]:
             state = AttemptState.load(state_file.parent)
         except (OSError, ValueError):
             continue
-        if state.phase in (*ACTIVE, "finishing"):
+        if state.phase in (*ACTIVE, "finishing", "releasing"):
             yield state

@@ -230,6 +230,14 @@ class AgentClient:
         )
         return answer
 
+    async def release(self, job_id: str, node_id: str, attempt: int, reason: str) -> dict[str, Any]:
+        """Hand the attempt back unfinished; the answer is the job's new status and attempt."""
+        body = {"jobId": job_id, "nodeId": node_id, "attempt": attempt, "reason": reason}
+        answer: dict[str, Any] = await self._call(
+            "POST", "/api/jobs/release", body=body, job_scoped=True
+        )
+        return answer
+
 
 async def persist(
     call: Callable[[], Awaitable[T]],

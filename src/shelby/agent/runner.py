@@ -34,6 +34,7 @@ from shelby.agent.process import LineSink, StopRequest, TreeUsage, run_tree
 __all__ = [
     "CANCELLED",
     "SHUTDOWN",
+    "SHUTDOWN_REASON",
     "TIMEOUT",
     "Assignment",
     "AttemptRunner",
@@ -52,6 +53,8 @@ CANCELLED = "cancelled"
 """The server took the attempt back (deleted, restarted, handed elsewhere)."""
 SHUTDOWN = "shutdown"
 """The agent itself is stopping."""
+SHUTDOWN_REASON = "the agent shut down"
+"""Why an attempt stopped by its agent's shutdown is handed back to the server."""
 
 _SCRUBBED = frozenset({"VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "__PYVENV_LAUNCHER__"})
 
@@ -106,9 +109,11 @@ class Script:
 
 @dataclass(frozen=True)
 class Ending:
-    """How an attempt ended, as the agent will report it (or not, when cancelled)."""
+    """How an attempt ended, as the agent will report it: finished or failed (the
+    script's own outcome), released (the agent is going away, so the attempt goes back
+    to the server unfinished, with ``error`` as the reason), or not at all (cancelled)."""
 
-    status: Literal["finished", "failed", "cancelled"]
+    status: Literal["finished", "failed", "released", "cancelled"]
     exit_code: int | None = None
     error: str | None = None
     model_hash: str | None = None
@@ -161,7 +166,8 @@ def stopped_ending(reason: str, usage: TreeUsage | None = None) -> Ending:
         case "timeout":
             return Ending(status="failed", error=TIMEOUT, usage=usage)
         case "shutdown":
-            return Ending(status="failed", error="interrupted: the agent shut down", usage=usage)
+            # The node going away is not the script's failure: the server requeues it.
+            return Ending(status="released", error=SHUTDOWN_REASON, usage=usage)
         case "cancelled":
             return Ending(status="cancelled", usage=usage)
         case _:
