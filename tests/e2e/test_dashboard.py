@@ -283,6 +283,37 @@ def test_tables_follow_changes_without_a_reload(shelby_server: ServerProcess, ta
     node.close()
 
 
+def test_a_released_attempt_reads_as_handed_back_in_the_timeline(
+    shelby_server: ServerProcess, tab: Tab
+) -> None:
+    """A job whose node handed its attempt back shows the JobReleased entry saying which
+    node, which attempt, why, and that the job is back in the queue, by that node."""
+    node_id, node = _register(shelby_server, "leaving-box")
+    with _admin(shelby_server) as admin:
+        admin.post("/api/jobs/create", json={"jobId": "handed", "datasetName": "MNIST"})
+        admin.post("/api/jobs/upload-script", json={"jobId": "handed", "script": "print(1)"})
+    job = node.get("/api/jobs/poll", params={"nodeId": node_id}).json()["job"]
+    node.post(
+        "/api/jobs/release",
+        json={
+            "jobId": "handed",
+            "nodeId": node_id,
+            "attempt": job["attempt"],
+            "reason": "the agent shut down",
+        },
+    ).raise_for_status()
+    node.close()
+    page = _open(tab, shelby_server, "/jobs/handed")
+    entry = page.locator(".timeline .ev-JobReleased")
+    expect(entry).to_have_count(1)
+    expect(entry.locator(".ev-text")).to_have_text(
+        f"{node_id} handed attempt 1 back (the agent shut down); back in the queue."
+    )
+    expect(entry.locator(".ev-head")).to_contain_text(f"by {node_id}")
+    expect(page.locator(".job-title .badge")).to_have_text("pending")
+    tab.shot("job-released")
+
+
 # --- errors, credentials, keyboard, phone ------------------------------------------------
 
 
