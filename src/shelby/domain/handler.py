@@ -3,7 +3,9 @@
 States are cached per stream with the version they reflect. The cache is never
 trusted blindly: an append names the version its decision was based on, and if the
 stream moved (another replica, or a concurrent request) the store refuses it, the
-handler folds in the events it missed, and decides again.
+handler folds in the events it missed, and decides again. A refusal or a no-op decided
+on a cached state is checked the same way, by reading the events after the cached
+version, since no append ran to catch a stale cache.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from shelby.clock import Clock
 from shelby.domain import jobs, nodes
+from shelby.domain.errors import DomainError
 from shelby.events.store import ConcurrencyError, EventStore, Recorded
 from shelby.events.types import Event
 
@@ -104,9 +107,25 @@ class CommandHandler:
             state, version = await self.state(stream, decider)
         else:
             state, version = cached
+        fresh = cached is None  # read from the log just now, not taken from the cache
         for _ in range(self.MAX_RETRIES):
-            events = decider.decide(command, state)
+            try:
+                events = decider.decide(command, state)
+            except DomainError:
+                if fresh:
+                    raise
+                events = None
             if not events:
+                # A refusal or a no-op decided on a cached state may only mean that the
+                # cache is behind (another replica appended): the append's version check
+                # never runs to say so. Decide once more on what the log holds.
+                if not fresh:
+                    fresh = True
+                    newer_state, newer_version = await self.state(stream, decider)
+                    if newer_version != version:
+                        state, version = newer_state, newer_version
+                        continue
+                    decider.decide(command, state)  # raises the same refusal again
                 return Outcome([], state)
             try:
                 recorded = await self.store.append(
@@ -114,6 +133,7 @@ class CommandHandler:
                 )
             except ConcurrencyError:
                 state, version = await self.state(stream, decider)
+                fresh = True
                 continue
             state = decider.fold(state, events)
             self._remember(stream, state, recorded[-1].version)
