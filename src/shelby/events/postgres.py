@@ -505,7 +505,15 @@ class PostgresEventStore:
             del self._queue[: self._max_batch]
             try:
                 results = await self._commit(batch)
-            except BaseException as exc:  # the writer itself failed: nobody was written
+            except asyncio.CancelledError:
+                # Shutting down mid-batch: the commit may or may not have happened.
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(
+                            StoreUnavailable("the store closed while this append was written")
+                        )
+                raise
+            except Exception as exc:  # the writer itself failed: nobody was written
                 results = [StoreUnavailable(f"the event store cannot take writes: {exc!r}")]
                 results *= len(batch)
             committed: list[Recorded] = []

@@ -286,10 +286,13 @@ class SQLiteEventStore:
             del self._queue[: self._max_batch]
             try:
                 results = await loop.run_in_executor(self._executor, self._write_batch, batch)
-            except BaseException as exc:  # the thread itself failed: nobody was written
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(StoreUnavailable(str(exc)))
+            except asyncio.CancelledError:
+                # The loop is shutting down; the thread may still commit this batch, so
+                # its callers are told the outcome is unknown, not that it failed.
+                _fail(batch, "the store closed while this append was written; it may stand")
+                raise
+            except Exception as exc:  # the thread itself failed: nobody was written
+                _fail(batch, f"the event store cannot take writes: {exc}")
                 continue
             committed: list[Recorded] = []
             for p, result in zip(batch, results, strict=True):
@@ -639,6 +642,12 @@ class SQLiteEventStore:
         finally:
             reader.close()
         return applied
+
+
+def _fail(batch: list[_Pending], reason: str) -> None:
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(StoreUnavailable(reason))
 
 
 # Result codes that mean the database itself is in trouble (its disk, its file, its

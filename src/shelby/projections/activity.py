@@ -32,7 +32,7 @@ class ActivityProjection:
             case JobFailed():
                 column = "failed"
             case _:
-                return []
+                raise TypeError(f"{self.name} does not handle {rec.type}")
         return [
             (
                 "INSERT INTO job_activity (minute, created, finished, failed)"

@@ -196,5 +196,7 @@ class JobsProjection:
                     ("DELETE FROM jobs WHERE job_id = ?", (e.job_id,)),
                     ("DELETE FROM scripts WHERE job_id = ?", (e.job_id,)),
                 ]
+            case LeaseExpired() | JobReleased():
+                return []  # not requeued: the JobFailed that follows moves the job
             case _:
-                return []
+                raise TypeError(f"{self.name} does not handle {rec.type}")

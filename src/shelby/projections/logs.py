@@ -54,4 +54,4 @@ class LogsProjection:
             case JobDeleted():
                 return [("DELETE FROM log_lines WHERE job_id = ?", (e.job_id,))]
             case _:
-                return []
+                raise TypeError(f"{self.name} does not handle {rec.type}")

@@ -74,4 +74,4 @@ class NodesProjection:
                     )
                 ]
             case _:
-                return []
+                raise TypeError(f"{self.name} does not handle {rec.type}")

@@ -56,7 +56,7 @@ class UsageProjection:
             case JobDeleted():
                 return [("DELETE FROM usage WHERE subject = ?", (rec.stream,))]
             case _:
-                return []
+                raise TypeError(f"{self.name} does not handle {rec.type}")
 
 
 def _add(column: str) -> str:
