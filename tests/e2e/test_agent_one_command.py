@@ -100,3 +100,40 @@ def test_terminal_commands_explain_a_missing_token(server_factory: Any) -> None:
     assert "401" in done.stderr and "SHELBY_ADMIN_TOKEN" in done.stderr
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 30
+
+
+def test_stopping_serve_with_agent_hands_the_running_job_back(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """A signal to ``shelby serve --with-agent`` stops the agent first, while the server
+    still answers, so the running attempt is handed back (requeued), not lost or failed."""
+    import sqlite3
+
+    server = server_factory(args=("--with-agent",))
+    script = tmp_path / "slow.py"
+    script.write_text("import time\nprint('started', flush=True)\ntime.sleep(120)\n")
+    submitted = shelby(server, "submit", str(script), "--name", "slow")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[1]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        row = next(
+            (line for line in shelby(server, "jobs").stdout.splitlines() if job_id in line), ""
+        )
+        if "running" in row:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"the job never ran:\n{server.log_text()[-2000:]}")
+
+    server.stop()  # SIGTERM; uvicorn re-raises it once shut down, so the code is -15
+    conn = sqlite3.connect(server.db)
+    types = [
+        t
+        for (t,) in conn.execute(
+            "SELECT type FROM events WHERE stream = ? ORDER BY seq", (f"job-{job_id}",)
+        )
+    ]
+    conn.close()
+    assert types[-1] == "JobReleased", types
+    assert "JobFailed" not in types

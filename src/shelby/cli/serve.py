@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
+from types import FrameType
 
 import click
 import structlog
@@ -62,7 +64,31 @@ def _start_agent(settings: Settings, url: str) -> subprocess.Popen[bytes]:
         argv,
         env=env,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        # Its own process group: Ctrl-C reaches the server only, which stops the agent
+        # first (see _Server), so the agent can hand its attempt back while the server
+        # still answers.
+        start_new_session=True,
     )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which on a signal first stops the local agent, if any."""
+
+    agent: subprocess.Popen[bytes] | None = None
+    _stopping_agent = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        agent = self.agent
+        if agent is None or agent.poll() is not None or self._stopping_agent:
+            super().handle_exit(sig, frame)
+            return
+        self._stopping_agent = True
+
+        def stop_agent_then_exit() -> None:
+            _stop(agent)
+            super(_Server, self).handle_exit(sig, frame)
+
+        threading.Thread(target=stop_agent_then_exit, name="stop-agent", daemon=True).start()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -187,7 +213,7 @@ async def _run(settings: Settings, with_agent: bool) -> None:
         server_header=False,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     serving = asyncio.create_task(server.serve())
     agent: subprocess.Popen[bytes] | None = None
     try:
@@ -200,7 +226,7 @@ async def _run(settings: Settings, with_agent: bool) -> None:
                 url = f"http://{host}:{settings.port}"
                 if settings.host in ("0.0.0.0", "::"):
                     url = f"http://127.0.0.1:{settings.port}"
-                agent = _start_agent(settings, url)
+                agent = server.agent = _start_agent(settings, url)
                 log.info(
                     "agent started", pid=agent.pid, work_dir=str(data_dir_of(settings.db) / "agent")
                 )
