@@ -106,15 +106,34 @@ class Service:
 
     async def start(self) -> None:
         await self.store.open()
+        # Subscribe first, so that no registration slips between the load and the
+        # subscription; what the subscription already learnt is newer than the load.
+        self._unsubscribe = self.store.subscribe(self._on_committed)
         rows = await self.store.fetchall(
             "SELECT node_id, token_hash, specs, labels, max_concurrent_jobs FROM nodes"
         )
-        for node_id, hashed, specs, labels, max_jobs in rows:
-            self._remember_node(node_id, hashed)
-            self.node_profiles[node_id] = NodeProfile(
-                msgspec.json.decode(specs), msgspec.json.decode(labels), max_jobs
-            )
-        self._unsubscribe = self.store.subscribe(self._on_committed)
+        for row in rows:
+            if row[0] not in self._hash_by_node:
+                self._load_node(*row)
+
+    async def learn_token(self, hashed: str) -> bool:
+        """Look a node token up in the nodes projection: another replica may have
+        registered it a moment ago, before its commit reached this one."""
+        row = await self.store.fetchone(
+            "SELECT node_id, token_hash, specs, labels, max_concurrent_jobs FROM nodes"
+            " WHERE token_hash = ?",
+            (hashed,),
+        )
+        if row is None:
+            return False
+        self._load_node(*row)
+        return True
+
+    def _load_node(self, node_id: str, hashed: str, specs: str, labels: str, max_jobs: int) -> None:
+        self._remember_node(node_id, hashed)
+        self.node_profiles[node_id] = NodeProfile(
+            msgspec.json.decode(specs), msgspec.json.decode(labels), max_jobs
+        )
 
     async def close(self) -> None:
         if self._unsubscribe is not None:

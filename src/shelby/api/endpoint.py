@@ -156,7 +156,16 @@ class EndpointApp:
                 client = scope.get("client")
                 key = "a:" + (client[0] if client else "?")
             limiter.check(key)
-        principal = authorize(service, ep.access, token)
+        try:
+            principal = authorize(service, ep.access, token)
+        except ApiError as refused:
+            # An unknown token may be a node that registered through another replica
+            # a moment ago; ask the projection once before refusing.
+            if refused.status != 401 or token is None:
+                raise
+            if not await service.learn_token(token_hash(token)):
+                raise
+            principal = authorize(service, ep.access, token)
         if principal.node_id is not None:
             structlog.contextvars.bind_contextvars(node_id=principal.node_id)
         query = None
