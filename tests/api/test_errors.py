@@ -81,6 +81,19 @@ def test_rate_limit_per_token_with_retry_after(server_factory: ServerFactory) ->
         assert c.get("/api/frontend/jobs").status_code == 200
 
 
+def test_invented_tokens_share_their_address_allowance(server_factory: ServerFactory) -> None:
+    """A new made-up token per request does not escape the limit: refused requests
+    count against the client's address, and the 401s turn into 429s."""
+    server = server_factory("guessing", args=("--rate-limit", "3/minute"))
+    with server.client() as c:
+        codes = [
+            c.get("/api/frontend/jobs", headers={"Authorization": f"Bearer guess-{i}"}).status_code
+            for i in range(5)
+        ]
+    # (The fixture's readiness probe came from the same address and counted too.)
+    assert codes[0] == 401 and codes[-2:] == [429, 429] and set(codes) == {401, 429}
+
+
 def test_rate_limit_flag_and_off(server_factory: ServerFactory) -> None:
     """--rate-limit sets the limit; `off` disables it."""
     limited = server_factory("flag", args=("--rate-limit", "3/minute"))

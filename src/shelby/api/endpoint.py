@@ -144,20 +144,9 @@ class EndpointApp:
                     log.warning("store unavailable", error=err.detail)
             await send_json(send, err.status, error_body(err.detail), err.headers)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ep = self.endpoint
-        service: Service = scope["app"].state.service
-        limiter: RateLimit = scope["app"].state.rate_limit
-        token = bearer_token(_header(scope, b"authorization"))
-        if limiter.enabled:
-            if token is not None:
-                key = "t:" + token_hash(token)
-            else:
-                client = scope.get("client")
-                key = "a:" + (client[0] if client else "?")
-            limiter.check(key)
+    async def _authorize(self, service: Service, token: str | None) -> Principal:
         try:
-            principal = authorize(service, ep.access, token)
+            return authorize(service, self.endpoint.access, token)
         except ApiError as refused:
             # An unknown token may be a node that registered through another replica
             # a moment ago; ask the projection once before refusing.
@@ -165,7 +154,28 @@ class EndpointApp:
                 raise
             if not await service.learn_token(token_hash(token)):
                 raise
-            principal = authorize(service, ep.access, token)
+            return authorize(service, self.endpoint.access, token)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ep = self.endpoint
+        service: Service = scope["app"].state.service
+        limiter: RateLimit = scope["app"].state.rate_limit
+        token = bearer_token(_header(scope, b"authorization"))
+        try:
+            principal = await self._authorize(service, token)
+        except ApiError:
+            # Refused requests count against the client's address: inventing a new
+            # token per request must not buy a fresh allowance each time.
+            if limiter.enabled:
+                client = scope.get("client")
+                limiter.check("a:" + (client[0] if client else "?"))
+            raise
+        if limiter.enabled:
+            if token is not None and principal.kind != "anonymous":
+                limiter.check("t:" + token_hash(token))
+            else:
+                client = scope.get("client")
+                limiter.check("a:" + (client[0] if client else "?"))
         if principal.node_id is not None:
             structlog.contextvars.bind_contextvars(node_id=principal.node_id)
         query = None
