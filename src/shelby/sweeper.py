@@ -56,14 +56,17 @@ class LeaseSweeper:
         if now - self.started_at >= lease:
             cutoff = now - lease
             rows = await store.fetchall(
-                "SELECT j.job_id, j.assigned_node, j.attempt FROM jobs j"
+                "SELECT j.job_id, j.assigned_node, j.attempt,"
+                " j.status = 'assigned' AND j.assigned_at < ? FROM jobs j"
                 " LEFT JOIN nodes n ON n.node_id = j.assigned_node"
                 " WHERE j.status IN ('assigned', 'running')"
                 " AND (n.last_seen IS NULL OR n.last_seen < ?"
                 "      OR (j.status = 'assigned' AND j.assigned_at < ?))",
-                (cutoff, cutoff),
+                (cutoff, cutoff, cutoff),
             )
-            for job_id, node_id, attempt in rows:
+            for job_id, node_id, attempt, never_acked in rows:
+                if not never_acked and await self._heard_since(node_id, cutoff):
+                    continue  # the node heartbeated while this sweep ran
                 if await self._issue(
                     job_id, ExpireLease(job_id=job_id, node_id=node_id, attempt=attempt)
                 ):
@@ -80,6 +83,14 @@ class LeaseSweeper:
         if expired or timed_out:
             log.info("swept", expired=expired, timed_out=timed_out)
         return Sweep(expired, timed_out)
+
+    async def _heard_since(self, node_id: str, cutoff: float) -> bool:
+        """The decider cannot see heartbeats (they are on the node's stream), so the
+        node's last sign of life is read again right before its lease is expired."""
+        row = await self.service.store.fetchone(
+            "SELECT last_seen FROM nodes WHERE node_id = ?", (node_id,)
+        )
+        return row is not None and row[0] >= cutoff
 
     async def _issue(self, job_id: str, command: ExpireLease | TimeOutJob) -> bool:
         try:
