@@ -35,9 +35,16 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import structlog
 
-from shelby.events.codec import GENESIS_HASH, chain_hash, encode_data, envelope_bytes
+from shelby.events._append import (
+    REBUILD_CHUNK,
+    Pending,
+    chain,
+    pending,
+    remember_versions,
+    row_to_recorded,
+)
+from shelby.events.codec import GENESIS_HASH
 from shelby.events.merkle import Frontier, NodeKey, keys_for_root
-from shelby.events.sqlite import row_to_recorded
 from shelby.events.store import (
     ConcurrencyError,
     Head,
@@ -128,8 +135,6 @@ SELECT_VERSIONS = (
     "SELECT stream, max(version) FROM events WHERE stream = ANY($1::text[]) GROUP BY stream"
 )
 
-REBUILD_CHUNK = 20_000
-VERSION_CACHE_SIZE = 200_000
 CATCH_UP_LIMIT = 20_000  # further behind than this, reload rather than replay
 PUBLISH_CHUNK = 1_000
 WRITE_ATTEMPTS = 3
@@ -234,24 +239,6 @@ async def _run_statements(conn: asyncpg.Connection, statements: list[Statement])
 # --- the store ----------------------------------------------------------------------
 
 
-class _Pending:
-    __slots__ = ("encoded", "expected_version", "future", "stream", "timestamp")
-
-    def __init__(
-        self,
-        stream: str,
-        encoded: list[tuple[str, str, Event]],
-        expected_version: int,
-        timestamp: float,
-        future: asyncio.Future[list[Recorded]],
-    ) -> None:
-        self.stream = stream
-        self.encoded = encoded
-        self.expected_version = expected_version
-        self.timestamp = timestamp
-        self.future = future
-
-
 class _Plan:
     """What a batch's transaction was about to commit, kept in case the connection
     breaks while the COMMIT is on its way and its outcome is unknown."""
@@ -289,7 +276,7 @@ class PostgresEventStore:
         self._pool: asyncpg.Pool | None = None
         self._wconn: asyncpg.Connection | None = None
         self._lconn: asyncpg.Connection | None = None
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._writer_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         # Publication: ``_published`` is the last seq handed to listeners, ``_known``
@@ -405,7 +392,7 @@ class PostgresEventStore:
         return self._tree.copy()
 
     async def _stream_versions(
-        self, conn: asyncpg.Connection, batch: list[_Pending]
+        self, conn: asyncpg.Connection, batch: list[Pending]
     ) -> dict[str, int]:
         """Each batch stream's version: known ones from memory, the rest from the log."""
         known = self._versions
@@ -419,12 +406,7 @@ class PostgresEventStore:
     def _committed_state(self, tree: Frontier, versions: dict[str, int]) -> None:
         self._tree = tree
         self._synced = tree.size
-        cache = self._versions
-        for stream, version in versions.items():
-            cache.pop(stream, None)
-            cache[stream] = version
-        while len(cache) > VERSION_CACHE_SIZE:
-            del cache[next(iter(cache))]  # the least recently written
+        remember_versions(self._versions, versions)
 
     async def _frontier(self, conn: asyncpg.Connection, size: int) -> Frontier:
         """The tree's frontier at ``size`` leaves, from its O(log n) stored nodes."""
@@ -492,12 +474,11 @@ class PostgresEventStore:
             return []
         if self._pool is None or self._closing:
             raise StoreUnavailable("the store is not open")
-        encoded = [(type(e).__name__, encode_data(e), e) for e in events]
-        future: asyncio.Future[list[Recorded]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(stream, encoded, expected_version, timestamp, future))
+        p = pending(stream, events, expected_version, timestamp)
+        self._queue.append(p)
         if self._writer_task is None or self._writer_task.done():
             self._writer_task = asyncio.create_task(self._drain())
-        return await future
+        return await p.future
 
     async def _drain(self) -> None:
         while self._queue:
@@ -529,7 +510,7 @@ class PostgresEventStore:
             if committed:
                 self._committed_here(committed)
 
-    async def _commit(self, batch: list[_Pending]) -> list[Result]:
+    async def _commit(self, batch: list[Pending]) -> list[Result]:
         """Commit ``batch``, reconnecting and retrying when the connection breaks."""
         prior: _Plan | None = None
         last_error: BaseException | None = None
@@ -580,7 +561,7 @@ class PostgresEventStore:
     async def _write_batch(
         self,
         conn: asyncpg.Connection,
-        batch: list[_Pending],
+        batch: list[Pending],
         prior: _Plan | None,
         *,
         isolate: bool,
@@ -604,7 +585,7 @@ class PostgresEventStore:
                 if versions[p.stream] != p.expected_version:
                     plan.results.append(ConcurrencyError(p.stream, p.expected_version))
                     continue
-                recs = _chain(p, seq, head)
+                recs = chain(p, seq, head)
                 if isolate:
                     await conn.execute("SAVEPOINT append")
                     trial = tree.copy()
@@ -926,39 +907,6 @@ class PostgresEventStore:
         finally:
             await conn.close()
         return copied
-
-
-def _chain(p: _Pending, seq: int, prev: str) -> list[Recorded]:
-    recs: list[Recorded] = []
-    for i, (type_, data, event) in enumerate(p.encoded):
-        s = seq + i + 1
-        version = p.expected_version + i + 1
-        h = chain_hash(
-            prev,
-            envelope_bytes(
-                seq=s,
-                stream=p.stream,
-                version=version,
-                type=type_,
-                timestamp=p.timestamp,
-                data=data,
-            ),
-        )
-        recs.append(
-            Recorded(
-                seq=s,
-                stream=p.stream,
-                version=version,
-                type=type_,
-                timestamp=p.timestamp,
-                data=data,
-                prev_hash=prev,
-                hash=h,
-                event=event,
-            )
-        )
-        prev = h
-    return recs
 
 
 def _retryable(exc: BaseException) -> bool:

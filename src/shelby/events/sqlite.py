@@ -26,7 +26,15 @@ from typing import Any, cast
 import aiosqlite
 import structlog
 
-from shelby.events.codec import GENESIS_HASH, chain_hash, decode_event, encode_data, envelope_bytes
+from shelby.events._append import (
+    REBUILD_CHUNK,
+    Pending,
+    chain,
+    pending,
+    remember_versions,
+    row_to_recorded,
+)
+from shelby.events.codec import GENESIS_HASH
 from shelby.events.merkle import Frontier, NodeKey
 from shelby.events.store import (
     ConcurrencyError,
@@ -82,42 +90,6 @@ INSERT_EVENT = (
 )
 SELECT_EVENTS = "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
 
-REBUILD_CHUNK = 20_000
-VERSION_CACHE_SIZE = 200_000
-
-
-class _Pending:
-    __slots__ = ("encoded", "expected_version", "future", "stream", "timestamp")
-
-    def __init__(
-        self,
-        stream: str,
-        encoded: list[tuple[str, str, Event]],
-        expected_version: int,
-        timestamp: float,
-        future: asyncio.Future[list[Recorded]],
-    ) -> None:
-        self.stream = stream
-        self.encoded = encoded
-        self.expected_version = expected_version
-        self.timestamp = timestamp
-        self.future = future
-
-
-def row_to_recorded(row: Sequence[Any]) -> Recorded:
-    seq, stream, version, type_, timestamp, data, prev_hash, hash_ = row
-    return Recorded(
-        seq=seq,
-        stream=stream,
-        version=version,
-        type=type_,
-        timestamp=timestamp,
-        data=data,
-        prev_hash=prev_hash,
-        hash=hash_,
-        event=decode_event(data),
-    )
-
 
 def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:
     """Run statements in order, batching runs of the same SQL into ``executemany``."""
@@ -142,7 +114,7 @@ class SQLiteEventStore:
         self.projections = list(projections)
         self._n_readers = readers
         self._max_batch = max_batch
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._writer_task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shelby-writer")
         self._wconn: sqlite3.Connection | None = None
@@ -265,19 +237,12 @@ class SQLiteEventStore:
     ) -> list[Recorded]:
         if not events:
             return []
-        # Encoding happens here, on the loop, while the writer thread waits on fsync; an
-        # event that cannot be written as UTF-8 (a lone surrogate) fails here, alone.
-        encoded = [(type(e).__name__, encode_data(e), e) for e in events]
-        try:
-            for text in (stream, *(data for _, data, _ in encoded)):
-                text.encode()
-        except UnicodeEncodeError as exc:
-            raise StoreError(f"an event cannot be encoded as UTF-8: {exc}") from exc
-        future: asyncio.Future[list[Recorded]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(stream, encoded, expected_version, timestamp, future))
+        # Encoding happens here, on the loop, while the writer thread waits on fsync.
+        p = pending(stream, events, expected_version, timestamp)
+        self._queue.append(p)
         if self._writer_task is None or self._writer_task.done():
             self._writer_task = asyncio.create_task(self._drain())
-        return await future
+        return await p.future
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -307,7 +272,7 @@ class SQLiteEventStore:
             if committed:
                 self._publish(committed)
 
-    def _write_batch(self, batch: list[_Pending]) -> list[list[Recorded] | BaseException]:
+    def _write_batch(self, batch: list[Pending]) -> list[list[Recorded] | BaseException]:
         """One transaction for the whole batch. Versions are checked and hashes chained
         in memory first, so the common case is a few ``executemany`` calls; only if a
         statement is refused does the batch run again, each append in a savepoint."""
@@ -348,7 +313,7 @@ class SQLiteEventStore:
             return [err] * len(batch)
         self._head = head
         self._tree = tree
-        self._remember_versions(versions)
+        remember_versions(self._versions, versions)
         return staged
 
     def _check_head(self, conn: sqlite3.Connection) -> None:
@@ -372,7 +337,7 @@ class SQLiteEventStore:
     def _stage(
         self,
         conn: sqlite3.Connection,
-        batch: list[_Pending],
+        batch: list[Pending],
         head: Head,
         versions: dict[str, int],
     ) -> list[list[Recorded] | BaseException]:
@@ -387,35 +352,8 @@ class SQLiteEventStore:
             if current != p.expected_version:
                 results.append(ConcurrencyError(p.stream, p.expected_version))
                 continue
-            recs: list[Recorded] = []
-            for i, (type_, data, event) in enumerate(p.encoded):
-                seq += 1
-                version = current + i + 1
-                h = chain_hash(
-                    prev,
-                    envelope_bytes(
-                        seq=seq,
-                        stream=p.stream,
-                        version=version,
-                        type=type_,
-                        timestamp=p.timestamp,
-                        data=data,
-                    ),
-                )
-                recs.append(
-                    Recorded(
-                        seq=seq,
-                        stream=p.stream,
-                        version=version,
-                        type=type_,
-                        timestamp=p.timestamp,
-                        data=data,
-                        prev_hash=prev,
-                        hash=h,
-                        event=event,
-                    )
-                )
-                prev = h
+            recs = chain(p, seq, prev)
+            seq, prev = recs[-1].seq, recs[-1].hash
             versions[p.stream] = recs[-1].version
             results.append(recs)
         return results
@@ -423,7 +361,7 @@ class SQLiteEventStore:
     def _write_isolated(
         self,
         conn: sqlite3.Connection,
-        batch: list[_Pending],
+        batch: list[Pending],
         versions: dict[str, int],
         tree: Frontier,
     ) -> list[list[Recorded] | BaseException]:
@@ -473,14 +411,6 @@ class SQLiteEventStore:
             ).fetchone()
             version = row[0] or 0
         return version
-
-    def _remember_versions(self, versions: dict[str, int]) -> None:
-        cache = self._versions
-        for stream, version in versions.items():
-            cache.pop(stream, None)
-            cache[stream] = version
-        while len(cache) > VERSION_CACHE_SIZE:
-            del cache[next(iter(cache))]
 
     def _project(self, recs: list[Recorded]) -> list[Statement]:
         return project(self.projections, recs)
@@ -644,7 +574,7 @@ class SQLiteEventStore:
         return applied
 
 
-def _fail(batch: list[_Pending], reason: str) -> None:
+def _fail(batch: list[Pending], reason: str) -> None:
     for p in batch:
         if not p.future.done():
             p.future.set_exception(StoreUnavailable(reason))

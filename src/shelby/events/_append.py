@@ -1,0 +1,119 @@
+"""What both stores do the same way on the road to the log: a queued append, its
+events encoded and chained onto the head, rows read back as ``Recorded``, and the
+cache of stream versions their writers keep."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from shelby.events.codec import chain_hash, decode_event, encode_data, envelope_bytes
+from shelby.events.store import Recorded, StoreError
+from shelby.events.types import Event
+
+__all__ = [
+    "REBUILD_CHUNK",
+    "Pending",
+    "chain",
+    "pending",
+    "remember_versions",
+    "row_to_recorded",
+]
+
+REBUILD_CHUNK = 20_000
+VERSION_CACHE_SIZE = 200_000
+
+
+class Pending:
+    """One caller's append, queued for the writer."""
+
+    __slots__ = ("encoded", "expected_version", "future", "stream", "timestamp")
+
+    def __init__(
+        self,
+        stream: str,
+        encoded: list[tuple[str, str, Event]],
+        expected_version: int,
+        timestamp: float,
+        future: asyncio.Future[list[Recorded]],
+    ) -> None:
+        self.stream = stream
+        self.encoded = encoded  # (type, canonical data, event) per event
+        self.expected_version = expected_version
+        self.timestamp = timestamp
+        self.future = future
+
+
+def pending(
+    stream: str, events: Sequence[Event], expected_version: int, timestamp: float
+) -> Pending:
+    """Encode an append on the caller's side of the queue, so the writer only writes;
+    an event that cannot be written as UTF-8 (a lone surrogate) fails here, alone."""
+    encoded = [(type(e).__name__, encode_data(e), e) for e in events]
+    try:
+        for text in (stream, *(data for _, data, _ in encoded)):
+            text.encode()
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"an event cannot be encoded as UTF-8: {exc}") from exc
+    future: asyncio.Future[list[Recorded]] = asyncio.get_running_loop().create_future()
+    return Pending(stream, encoded, expected_version, timestamp, future)
+
+
+def chain(p: Pending, seq: int, prev: str) -> list[Recorded]:
+    """``p``'s events as the log rows that follow ``seq`` (whose hash is ``prev``)."""
+    recs: list[Recorded] = []
+    for i, (type_, data, event) in enumerate(p.encoded):
+        s = seq + i + 1
+        version = p.expected_version + i + 1
+        h = chain_hash(
+            prev,
+            envelope_bytes(
+                seq=s,
+                stream=p.stream,
+                version=version,
+                type=type_,
+                timestamp=p.timestamp,
+                data=data,
+            ),
+        )
+        recs.append(
+            Recorded(
+                seq=s,
+                stream=p.stream,
+                version=version,
+                type=type_,
+                timestamp=p.timestamp,
+                data=data,
+                prev_hash=prev,
+                hash=h,
+                event=event,
+            )
+        )
+        prev = h
+    return recs
+
+
+def row_to_recorded(row: Sequence[Any]) -> Recorded:
+    seq, stream, version, type_, timestamp, data, prev_hash, hash_ = row
+    return Recorded(
+        seq=seq,
+        stream=stream,
+        version=version,
+        type=type_,
+        timestamp=timestamp,
+        data=data,
+        prev_hash=prev_hash,
+        hash=hash_,
+        event=decode_event(data),
+    )
+
+
+def remember_versions(cache: dict[str, int], versions: dict[str, int]) -> None:
+    """Record committed stream versions, dropping the least recently written ones past
+    ``VERSION_CACHE_SIZE``; a miss costs one indexed query."""
+    for stream, version in versions.items():
+        cache.pop(stream, None)
+        cache[stream] = version
+    while len(cache) > VERSION_CACHE_SIZE:
+        del cache[next(iter(cache))]
