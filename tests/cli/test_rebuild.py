@@ -146,10 +146,10 @@ def test_rebuild_repairs_damaged_projections(populated: tuple[Path, int]) -> Non
     with conn:
         conn.execute("DELETE FROM jobs WHERE job_id = 'a'")
         conn.execute("UPDATE job_counts SET n = 99")
-        conn.execute("DROP TABLE log_lines")
+        conn.execute("DROP TABLE log_batches")
         conn.execute("UPDATE nodes SET name = 'forged'")
     conn.close()
-    assert not _has_table(path, "log_lines")
+    assert not _has_table(path, "log_batches")
     done = rebuild(path)
     assert done.returncode == 0, done.stderr
     assert dump(path) == before

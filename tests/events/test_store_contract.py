@@ -213,7 +213,7 @@ PROJECTION_TABLES = {
     "job_counts": "status",
     "scripts": "job_id",
     "nodes": "node_id",
-    "log_lines": "job_id, attempt, line_offset",
+    "log_batches": "job_id, attempt, first_offset",
     "provenance": "job_id, seq",
     "usage": "subject",
     "job_activity": "minute",

@@ -18,6 +18,7 @@ from shelby.events.store import EventStore
 from shelby.events.types import Resources
 from shelby.projections._sql import from_json
 from shelby.projections.jobs import JOB_COLUMNS, STATUSES
+from shelby.projections.logs import read_lines
 
 __all__ = [
     "ActiveNode",
@@ -359,30 +360,16 @@ async def log_lines_view(
 ) -> list[LogLineView]:
     """Lines of one attempt, oldest first: those after offset ``after`` (at most
     ``limit``), or without ``after`` the last ``limit``."""
-    if after is not None:
-        rows = await store.fetchall(
-            "SELECT line, timestamp, line_offset, stream, truncated FROM log_lines"
-            " WHERE job_id = ? AND attempt = ? AND line_offset > ?"
-            " ORDER BY line_offset LIMIT ?",
-            (job_id, attempt, after, limit),
-        )
-    else:
-        rows = await store.fetchall(
-            "SELECT line, timestamp, line_offset, stream, truncated FROM log_lines"
-            " WHERE job_id = ? AND attempt = ? ORDER BY line_offset DESC LIMIT ?",
-            (job_id, attempt, limit),
-        )
-        rows.reverse()
     return [
         LogLineView(
-            line=line,
-            timestamp=timestamp,
+            line=line.line,
+            timestamp=line.timestamp,
             offset=offset,
-            stream=stream,
+            stream=line.stream,
             attempt=attempt,
-            truncated=bool(truncated),
+            truncated=line.truncated,
         )
-        for line, timestamp, offset, stream, truncated in rows
+        for offset, line in await read_lines(store, job_id, attempt, limit=limit, after=after)
     ]
 
 

@@ -827,7 +827,7 @@ class PostgresEventStore:
             for table in proj.tables:
                 await conn.execute(f"DROP TABLE IF EXISTS {table}")
             for ddl in proj.ddl:
-                await conn.execute(ddl)
+                await conn.execute(to_postgres_ddl(ddl))
             await conn.execute(
                 "INSERT INTO projection_positions (name, version, seq) VALUES ($1, $2, 0)"
                 " ON CONFLICT (name) DO UPDATE SET version = excluded.version, seq = 0",
@@ -907,6 +907,13 @@ class PostgresEventStore:
         finally:
             await conn.close()
         return copied
+
+
+def to_postgres_ddl(ddl: str) -> str:
+    """Projection DDL is written for both databases but for one SQLite clause: a table
+    clustered by its primary key, which is what a PostgreSQL heap with a primary key
+    index amounts to here."""
+    return ddl.replace(" WITHOUT ROWID", "")
 
 
 def _retryable(exc: BaseException) -> bool:

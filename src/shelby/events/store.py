@@ -95,7 +95,8 @@ class Projection(Protocol):
 
     @property
     def ddl(self) -> Sequence[str]:
-        """Idempotent CREATE statements."""
+        """Idempotent CREATE statements, in SQL both databases take; ``WITHOUT ROWID``
+        (SQLite's clustered table) is the one clause the PostgreSQL store drops."""
         ...
 
     def apply(self, rec: Recorded) -> list[Statement]: ...

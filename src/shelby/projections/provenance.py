@@ -33,7 +33,7 @@ class ProvenanceProjection:
             hash TEXT NOT NULL,
             data TEXT NOT NULL,
             PRIMARY KEY (job_id, seq)
-        )""",
+        ) WITHOUT ROWID""",
     )
 
     def apply(self, rec: Recorded) -> list[Statement]:
