@@ -72,7 +72,10 @@ class Projection(Protocol):
     """A read model kept in tables beside the log.
 
     ``apply`` is pure: it turns one recorded event into statements, which the store runs
-    in the transaction that appends the event, so a projection never lags its log.
+    in the transaction that appends the event, so a projection never lags its log. A
+    projection may also define ``apply_all(recs)``, for a batch in log order, when it
+    can do better than ``apply`` on each (leaving out rows a later event overwrites);
+    its result must leave the tables as ``apply`` on each would.
     """
 
     @property
@@ -112,8 +115,14 @@ def project(projections: Sequence[Projection], recs: Sequence[Recorded]) -> list
     out: list[Statement] = []
     for proj in projections:
         handles = proj.handles
-        for rec in recs:
-            if rec.type in handles:
+        mine = [rec for rec in recs if rec.type in handles]
+        if not mine:
+            continue
+        apply_all = getattr(proj, "apply_all", None)
+        if apply_all is not None:
+            out.extend(apply_all(mine))
+        else:
+            for rec in mine:
                 out.extend(proj.apply(rec))
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from shelby.events.store import Recorded
 from shelby.events.types import NodeHeartbeat, NodeRegistered
 from shelby.projections._sql import Statement, event_names, to_json
@@ -37,6 +39,22 @@ class NodesProjection:
         "CREATE INDEX IF NOT EXISTS nodes_by_order ON nodes (registered_seq)",
         "CREATE INDEX IF NOT EXISTS nodes_by_last_seen ON nodes (last_seen)",
     )
+
+    def apply_all(self, recs: Sequence[Recorded]) -> list[Statement]:
+        """``apply`` over a batch, less every heartbeat that a later heartbeat of the
+        same node in the batch overwrites: a heartbeat sets exactly the columns the next
+        one sets again, and nothing between them reads those columns. In a replay, where
+        heartbeats are most of the log, this keeps one UPDATE per node per chunk."""
+        superseded: set[int] = set()
+        last: set[str] = set()
+        for i in range(len(recs) - 1, -1, -1):
+            e = recs[i].event
+            if isinstance(e, NodeHeartbeat):
+                if e.node_id in last:
+                    superseded.add(i)
+                else:
+                    last.add(e.node_id)
+        return [st for i, rec in enumerate(recs) if i not in superseded for st in self.apply(rec)]
 
     def apply(self, rec: Recorded) -> list[Statement]:
         e = rec.event
