@@ -24,9 +24,9 @@ from shelby.api.schemas import (
     UploadScriptResponse,
 )
 from shelby.domain import JOBS
-from shelby.domain.jobs import CreateJob, DeleteJob, RestartJob, UploadScript, script_hash
+from shelby.domain.jobs import CreateJob, DeleteJob, RestartJob, UploadScript
 from shelby.events.store import StoreUnavailable
-from shelby.events.types import Resources, job_stream
+from shelby.events.types import Resources, ScriptUploaded, job_stream
 
 __all__ = ["ENDPOINTS"]
 
@@ -134,7 +134,7 @@ async def create_job(call: Call) -> views.JobView:
 
 async def upload_script(call: Call) -> UploadScriptResponse:
     body: UploadScriptRequest = call.body
-    await call.service.handler.handle(
+    outcome = await call.service.handler.handle(
         job_stream(body.job_id),
         JOBS,
         UploadScript(
@@ -144,8 +144,10 @@ async def upload_script(call: Call) -> UploadScriptResponse:
             entrypoint=body.entrypoint,
         ),
     )
+    uploaded = outcome.recorded[0].event
+    assert isinstance(uploaded, ScriptUploaded)  # the decider's only answer to an upload
     return UploadScriptResponse(
-        job_id=body.job_id, script_hash=script_hash(body.script), entrypoint=body.entrypoint
+        job_id=body.job_id, script_hash=uploaded.script_hash, entrypoint=body.entrypoint
     )
 
 
