@@ -30,15 +30,15 @@ from shelby.api.schemas import (
     StreamLogResponse,
     UsageReportRequest,
 )
-from shelby.domain import JOBS, NODES, NotFound
+from shelby.domain import JOBS, NODES
 from shelby.domain.jobs import (
-    HELD,
     AckJob,
     AppendLogLines,
     FinishJob,
     JobState,
     ReleaseJob,
     ReportJobUsage,
+    require_held,
 )
 from shelby.domain.nodes import Heartbeat, RegisterNode, ReportNodeUsage
 from shelby.events.types import LogLine, LogLinesAppended, job_stream, node_stream
@@ -151,10 +151,7 @@ async def ack(call: Call) -> AckResponse:
 
 async def _held_by(call: Call, job_id: str, node_id: str) -> JobState:
     state, _version = await call.service.handler.state(job_stream(job_id), JOBS)
-    if state.job_id is None or state.deleted:
-        raise NotFound(f"job {job_id!r} not found")
-    if state.status not in HELD or state.node_id != node_id:
-        raise ApiError(409, f"job {job_id!r} is not assigned to node {node_id!r}")
+    require_held(state, job_id, node_id)
     return state
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "decide",
     "evolve",
     "initial_state",
+    "require_held",
     "script_hash",
 ]
 
@@ -222,6 +223,12 @@ def _current_attempt(state: JobState, node_id: str, attempt: int | None) -> int:
             f" (the current attempt is {state.attempt})"
         )
     return state.attempt
+
+
+def require_held(state: JobState, job_id: str, node_id: str, attempt: int | None = None) -> int:
+    """The attempt ``node_id`` may act for on this job (404, or 409, otherwise): the
+    rule every job-scoped agent call follows, commands and reads alike."""
+    return _current_attempt(_existing(state, job_id), node_id, attempt)
 
 
 def _attempts_left(state: JobState) -> bool:
