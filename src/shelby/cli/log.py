@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from shelby.cli._lock import hold_log
 from shelby.events.open import open_store
 from shelby.events.verify import Verdict, verify_store
 from shelby.projections import all_projections
@@ -71,6 +72,7 @@ def rebuild(db: str) -> None:
             await store.close()
 
     _require_log(db)
+    hold_log(db, "shelby rebuild")  # a live server's appends would be replayed twice
     applied, seconds = asyncio.run(run())
     click.echo(
         f"rebuilt every projection from {applied} events in {seconds:.2f} s"

@@ -18,6 +18,7 @@ import click
 import structlog
 import uvicorn
 
+from shelby.cli._lock import hold_log
 from shelby.settings import DEFAULT_DB, Settings, data_dir_of, ensure_tokens
 
 __all__ = ["COMMANDS", "serve"]
@@ -180,6 +181,7 @@ def serve(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    hold_log(settings.db, "shelby serve")
     settings, generated = ensure_tokens(settings)
     _route_stdlib_logging()
     if settings.dev:
