@@ -27,14 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_heartbeats import (
-    ADMIN,
-    _free_port,
-    _stop,
-    _wait_ready,
-    register_nodes,
-    start_shelby,
-)
+from _servers import free_port, stop, wait_ready
+from bench_heartbeats import ADMIN, register_nodes, start_shelby
 
 AGENTS = 20
 MODEL_HASH = "sha256:" + "ab" * 32
@@ -249,7 +243,7 @@ def main(quick: bool = False) -> None:
     rounds = 1 if quick else 2
     with tempfile.TemporaryDirectory(prefix="shelby-bench-") as tmp:
         data = Path(tmp)
-        shelby_port, bare_port = _free_port(), _free_port()
+        shelby_port, bare_port = free_port(), free_port()
         shelby = start_shelby(data, shelby_port)
         bare = subprocess.Popen(
             [sys.executable, __file__, "--serve-bare", str(bare_port)],
@@ -257,7 +251,7 @@ def main(quick: bool = False) -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_ready(bare_port, bare)
+            wait_ready(bare_port, bare)
             nodes = register_nodes(shelby_port, AGENTS, prefix="agent")
             nodes_file = data / "agents.json"
             nodes_file.write_text(json.dumps(nodes))
@@ -267,8 +261,8 @@ def main(quick: bool = False) -> None:
                 real.append(_measure(shelby_port, nodes_file, 0))
                 base.append(_measure(bare_port, nodes_file, jobs))
         finally:
-            _stop(shelby)
-            _stop(bare)
+            stop(shelby)
+            stop(bare)
     rate = statistics.median(r["rate"] for r in real)
     bare_rate = statistics.median(r["rate"] for r in base)
     print(f"dispatch: {AGENTS} agents, {jobs} jobs x {rounds} rounds, poll + ack + finish a job")

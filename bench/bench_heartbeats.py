@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -30,6 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# The bench folder itself, also when this file runs as a script (its load and
+# baseline server run as subprocesses of it).
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import free_port, stop, wait_ready
 
 ADMIN = "bench-admin-token"
 JOIN = "bench-join-token"
@@ -157,39 +161,6 @@ def run_load(port: int, nodes_file: str, seconds: float) -> None:
 # --- orchestration ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/frontend/system/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def start_shelby(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SHELBY_ADMIN_TOKEN": ADMIN, "SHELBY_JOIN_TOKEN": JOIN}
     proc = subprocess.Popen(
@@ -213,7 +184,7 @@ def start_shelby(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=open(data / "server.log", "wb"),  # noqa: SIM115
     )
-    _wait_ready(port, proc)
+    wait_ready(port, proc)
     return proc
 
 
@@ -223,7 +194,7 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_ready(port, proc)
+    wait_ready(port, proc)
     return proc
 
 
@@ -302,7 +273,7 @@ def main(quick: bool = False) -> None:
     fleets = [CONNECTIONS] if quick or "BENCH_CONNECTIONS" in os.environ else [32, 128]
     with tempfile.TemporaryDirectory(prefix="shelby-bench-") as tmp:
         data = Path(tmp)
-        shelby_port, bare_port = _free_port(), _free_port()
+        shelby_port, bare_port = free_port(), free_port()
         shelby = start_shelby(data, shelby_port)
         bare = start_bare(bare_port)
         try:
@@ -338,8 +309,8 @@ def main(quick: bool = False) -> None:
                 )
             db.close()
         finally:
-            _stop(shelby)
-            _stop(bare)
+            stop(shelby)
+            stop(bare)
 
 
 if __name__ == "__main__":

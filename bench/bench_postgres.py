@@ -23,7 +23,6 @@ import asyncio
 import itertools
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,10 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import free_port
 
 ADMIN_URL = os.environ.get("SHELBY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 ADMIN_TOKEN = "bench-admin"
@@ -126,13 +129,6 @@ def append_rate(db: str, processes: int, appends: int) -> float:
 # --- 2. dispatches ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def servers(db: str, count: int, data_dir: Path) -> Iterator[list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")}
@@ -142,7 +138,7 @@ def servers(db: str, count: int, data_dir: Path) -> Iterator[list[str]]:
     procs, urls = [], []
     try:
         for i in range(count):
-            port = _free_port()
+            port = free_port()
             log = open(data_dir / f"server{i}.log", "ab")  # noqa: SIM115 -- closed below
             procs.append(
                 (

@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,19 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 import httpx
 import psutil
+
+from _servers import free_port, stop, wait_ready
 
 ADMIN = "bench-admin-token"
 JOIN = "bench-join-token"
 SUBSCRIBERS = 100
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _start_server(data: Path, port: int) -> subprocess.Popen[bytes]:
@@ -68,28 +63,8 @@ def _start_server(data: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=open(data / "server.log", "wb"),  # noqa: SIM115 - lives as long as the server
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"shelby serve exited with {proc.returncode}")
-        try:
-            url = f"http://127.0.0.1:{port}/api/frontend/system/health"
-            if httpx.get(url, timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("shelby serve did not start")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    wait_ready(port, proc)
+    return proc
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -235,7 +210,7 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
     lines = 200 if quick else 1000
     warmup = 20 if quick else 50
     with tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp:
-        port = _free_port()
+        port = free_port()
         proc = _start_server(Path(tmp), port)
         try:
             server = psutil.Process(proc.pid)
@@ -253,7 +228,7 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
             await setup.close()
             return results
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 def main(quick: bool = False) -> None:

@@ -14,9 +14,10 @@ from shelby.api.auth import Access
 from shelby.api.endpoint import Call, Endpoint
 from shelby.api.errors import ApiError
 from shelby.api.schemas import AuditEvent, AuditEvents, AuditQuery
+from shelby.events.store import EventStore
 from shelby.events.types import job_stream
 
-__all__ = ["ENDPOINTS"]
+__all__ = ["ENDPOINTS", "job_rows"]
 
 _SELECT = "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
 
@@ -47,14 +48,18 @@ async def audit_log(call: Call) -> AuditEvents:
     return _events(rows)
 
 
-async def audit_job(call: Call) -> AuditEvents:
-    job_id = call.params["job_id"]
-    rows = await call.service.store.fetchall(
+async def job_rows(store: EventStore, job_id: str) -> list[tuple[Any, ...]]:
+    """One job's raw rows, in stream order, deleted or not; 404 when it never existed."""
+    rows = await store.fetchall(
         f"{_SELECT} WHERE stream = ? ORDER BY version", (job_stream(job_id),)
     )
     if not rows:
         raise ApiError(404, f"job {job_id!r} has no events")
-    return _events(rows)
+    return rows
+
+
+async def audit_job(call: Call) -> AuditEvents:
+    return _events(await job_rows(call.service.store, call.params["job_id"]))
 
 
 ENDPOINTS = [

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 from starlette.routing import Route
 
+from shelby.api.audit import job_rows
 from shelby.api.auth import Access
 from shelby.api.endpoint import Call, Endpoint, Raw, endpoint_route
 from shelby.api.errors import ApiError
@@ -28,7 +29,6 @@ from shelby.audit.history import JobHistory, read_history
 from shelby.audit.keys import KEY_FILE_NAME, SigningKey, load_or_create
 from shelby.audit.prov import prov_document
 from shelby.audit.verification import AuditEvent
-from shelby.events.types import job_stream
 from shelby.service import Service
 from shelby.settings import data_dir_of
 
@@ -187,13 +187,7 @@ async def consistency_proof(call: Call) -> ConsistencyView:
 
 async def _history(call: Call) -> JobHistory:
     job_id = call.params["job_id"]
-    rows = await call.service.store.fetchall(
-        "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
-        " WHERE stream = ? ORDER BY version",
-        (job_stream(job_id),),
-    )
-    if not rows:
-        raise ApiError(404, f"job {job_id!r} has no events")
+    rows = await job_rows(call.service.store, job_id)
     events = [
         AuditEvent(
             seq=seq,

@@ -109,12 +109,13 @@ class CommandHandler:
             state, version = cached
         fresh = cached is None  # read from the log just now, not taken from the cache
         for _ in range(self.MAX_RETRIES):
+            refusal: DomainError | None = None
             try:
                 events = decider.decide(command, state)
-            except DomainError:
+            except DomainError as exc:
                 if fresh:
                     raise
-                events = None
+                refusal, events = exc, []
             if not events:
                 # A refusal or a no-op decided on a cached state may only mean that the
                 # cache is behind (another replica appended): the append's version check
@@ -125,7 +126,8 @@ class CommandHandler:
                     if newer_version != version:
                         state, version = newer_state, newer_version
                         continue
-                    decider.decide(command, state)  # raises the same refusal again
+                if refusal is not None:
+                    raise refusal
                 return Outcome([], state)
             try:
                 recorded = await self.store.append(
