@@ -1,12 +1,15 @@
-"""Shared fixtures: a real ``shelby serve`` subprocess on a free loopback port.
+"""Shared fixtures: a real ``shelby serve`` subprocess on a free loopback port, and
+real ``shelby agent`` subprocesses.
 
 ``shelby_server`` gives a running server with fixed tokens and a short lease;
 ``server_factory`` starts more, with other flags (``--rate-limit``, ``--dev``, …).
-Each server keeps its stderr (the JSON log lines) in ``server.log_path``.
+Each server keeps its stderr (the JSON log lines) in ``server.log_path``. ``agents``
+starts agents against a server, with a short poll wait, kill grace and backoff.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,13 +18,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 ADMIN_TOKEN = "test-admin-token"
 JOIN_TOKEN = "test-join-token"
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -210,3 +215,107 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 def shelby_server(server_factory: ServerFactory) -> ServerProcess:
     """A running ``shelby serve`` with fixed tokens, a 3 s lease and no rate limit."""
     return server_factory("server")
+
+
+AGENT_ARGS = ("--poll-wait", "1", "--kill-grace", "1", "--max-backoff", "1")
+
+
+class AgentProcess:
+    """One ``python -m shelby agent`` subprocess; its stderr (JSON log) goes to a file."""
+
+    def __init__(
+        self,
+        server: Any,
+        work_dir: Path,
+        extra: tuple[str, ...],
+        name: str,
+        url: str | None = None,
+    ) -> None:
+        self.server = server
+        self.url = url or server.url  # another address for the server (a proxy in front)
+        self.work_dir = work_dir
+        self.extra = extra
+        self.name = name
+        self.log_path = work_dir.parent / f"{work_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")}
+        env["SHELBY_JOIN_TOKEN"] = self.server.join_token
+        # As under ``shelby serve --with-agent``: the agent's environment holds the
+        # admin token too. No job may see either.
+        env["SHELBY_ADMIN_TOKEN"] = self.server.admin_token
+        argv = [sys.executable, "-m", "shelby", "agent", "--server", self.url]
+        argv += ["--work-dir", str(self.work_dir), "--name", self.name, *AGENT_ARGS, *self.extra]
+        with open(self.log_path, "ab") as err:
+            self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        return self
+
+    def node_id(self, timeout: float = 15) -> str:
+        identity = self.work_dir / "node.json"
+
+        def joined() -> str | None:
+            if not identity.exists():
+                return None
+            return str(json.loads(identity.read_text())["nodeId"])
+
+        return wait_for(joined, timeout, f"{self.name} to join:\n{self.log_text()[-2000:]}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        return self.work_dir / "jobs" / job_id / f"attempt-{attempt}"
+
+
+AgentFactory = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[AgentFactory]:
+    """``agents(server, *flags, name=…, url=…)`` starts an agent (talking to ``url``
+    instead of the server's own address when given); all are killed at the end."""
+    started: list[AgentProcess] = []
+
+    def make(
+        server: Any,
+        *extra: str,
+        name: str | None = None,
+        work_dir: Path | None = None,
+        url: str | None = None,
+    ) -> AgentProcess:
+        name = name or f"agent{len(started)}"
+        agent = AgentProcess(server, work_dir or tmp_path / name, extra, name, url)
+        started.append(agent)
+        return agent.start()
+
+    yield make
+    for agent in started:
+        agent.kill()
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
