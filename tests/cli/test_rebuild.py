@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +28,7 @@ from shelby.events.sqlite import SQLiteEventStore
 from shelby.events.types import LogLine, job_stream, node_stream
 from shelby.projections import all_projections
 
-
-def shelby_cli() -> list[str]:
-    script = Path(sys.executable).parent / "shelby"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "shelby"]
-
-
-def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every projection table and the positions, each sorted by its primary key."""
-    conn = sqlite3.connect(path)
-    try:
-        out: dict[str, list[tuple[Any, ...]]] = {}
-        tables = [t for p in all_projections() for t in p.tables]
-        for table in [*tables, "projection_positions"]:
-            info = conn.execute(f"PRAGMA table_info({table})").fetchall()
-            key = [row[1] for row in sorted(info, key=lambda r: r[5]) if row[5] > 0]
-            out[table] = conn.execute(
-                f"SELECT * FROM {table} ORDER BY {', '.join(key) or 'rowid'}"
-            ).fetchall()
-        return out
-    finally:
-        conn.close()
+from ._logfile import dump, rebuild
 
 
 async def populate(path: Path) -> int:
@@ -107,12 +85,6 @@ async def populate(path: Path) -> int:
         return (await store.head()).seq
     finally:
         await store.close()
-
-
-def rebuild(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*shelby_cli(), "rebuild", "--db", str(path)], capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture
