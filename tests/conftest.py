@@ -48,9 +48,10 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         admin_token: str | None = ADMIN_TOKEN,
         join_token: str | None = JOIN_TOKEN,
+        db: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.db = data_dir / "shelby.db"
+        self.db = db or data_dir / "shelby.db"  # elsewhere: on a disk of its own
         self.port = free_port()
         self.host = "127.0.0.1"
         self.url = f"http://{self.host}:{self.port}"

@@ -3,6 +3,8 @@ PostgreSQL, then passed through the store's mapping (and through the store)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -126,3 +128,44 @@ async def test_a_terminated_session_is_unavailable(pg_url: str, admin: asyncpg.C
 def test_question_marks_become_numbered_parameters(sql: str, expected: str) -> None:
     """``?`` placeholders outside quotes become ``$1..$n``, in order."""
     assert to_dollar_params(sql) == expected
+
+
+async def test_a_read_only_database_is_unwritable_until_it_is_writable_again(
+    pg_url: str, stores: StoreFactory, admin: asyncpg.Connection
+) -> None:
+    """A database turned read-only (its sessions ended, as a failover to a standby
+    would): append raises StoreUnavailable and keeps nothing, ``check_writable``
+    raises too, and both pass again once it takes writes, without reopening the store."""
+    store = await stores()
+    name = pg_url.rsplit("/", 1)[1]
+
+    async def read_only(on: bool) -> None:
+        setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
+        await admin.execute(f'ALTER DATABASE "{name}" {setting}')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+
+    await store.append(
+        node_stream("n"), [NodeHeartbeat(node_id="n")], expected_version=0, timestamp=1.0
+    )
+    await read_only(True)
+    with pytest.raises(StoreUnavailable, match="read-only"):
+        await store.append(
+            node_stream("n"), [NodeHeartbeat(node_id="n")], expected_version=1, timestamp=2.0
+        )
+    with pytest.raises(StoreUnavailable):
+        await store.check_writable()
+    await read_only(False)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # the probe runs at most once a second
+        try:
+            await store.check_writable()
+            break
+        except StoreUnavailable:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.2)
+    await store.append(
+        node_stream("n"), [NodeHeartbeat(node_id="n")], expected_version=1, timestamp=3.0
+    )
+    assert [r.timestamp for r in await store.read_stream(node_stream("n"))] == [1.0, 3.0]

@@ -51,12 +51,16 @@ async def dashboard(call: Call) -> views.Dashboard:
 
 async def health(call: Call) -> views.Health | Raw:
     try:
-        return await views.health_view(call.service.store, **_view_args(call))
+        view = await views.health_view(call.service.store, **_view_args(call))
     except Exception as exc:  # whatever the driver says, the database is not usable
+        detail = str(exc)
         if not isinstance(exc, StoreUnavailable):
             log.warning("health check failed", error=repr(exc))
-        body = _encoder.encode(views.unhealthy(call.service.now()))
-        return Raw(body, "application/json", 503)
+            detail = "the event store cannot be read"  # the driver's words stay in the log
+        view = views.unhealthy(call.service.now(), detail)
+    if view.status == "healthy":
+        return view
+    return Raw(_encoder.encode(view), "application/json", 503)
 
 
 async def list_jobs(call: Call) -> JobList:
@@ -167,7 +171,8 @@ ENDPOINTS = [
         "GET",
         "/api/frontend/system/health",
         Access.PUBLIC,
-        "Whether the server and its database work (503 when the database cannot be reached)",
+        "Whether the server and its database work (503 when the database cannot be reached"
+        " or cannot take writes)",
         health,
         views.Health,
         errors=(503,),

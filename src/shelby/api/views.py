@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from shelby.domain.matching import node_satisfies
-from shelby.events.store import EventStore
+from shelby.events.store import EventStore, StoreUnavailable
 from shelby.events.types import Resources
 from shelby.projections._sql import from_json
 from shelby.projections.jobs import JOB_COLUMNS, STATUSES
@@ -157,11 +157,12 @@ class EventLogHead(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 class Health(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     status: str
-    database: str
+    database: str  # healthy, unwritable (reads still answer), unreachable
     active_nodes: int
     job_queue: JobQueue | None
     event_log: EventLogHead | None
     timestamp: float
+    detail: str | None = None  # why it is unhealthy
 
 
 class NodeView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -439,13 +440,20 @@ async def dashboard_view(store: EventStore, *, now: float, lease_seconds: float)
 
 
 async def health_view(store: EventStore, *, now: float, lease_seconds: float) -> Health:
-    """Raises ``StoreUnavailable`` when the database cannot be reached."""
+    """Unhealthy while the database cannot take writes, though reads still answer;
+    raises ``StoreUnavailable`` when it cannot be reached at all."""
     await store.ping()
     counts = await job_counts(store)
     head = await store.head()
+    fault: str | None = None
+    try:
+        await store.check_writable()
+    except StoreUnavailable as exc:
+        fault = str(exc)
     return Health(
-        status="healthy",
-        database="healthy",
+        status="healthy" if fault is None else "unhealthy",
+        database="healthy" if fault is None else "unwritable",
+        detail=fault,
         active_nodes=await count_active_nodes(store, now=now, lease_seconds=lease_seconds),
         job_queue=JobQueue(
             pending=counts["pending"],
@@ -458,7 +466,7 @@ async def health_view(store: EventStore, *, now: float, lease_seconds: float) ->
     )
 
 
-def unhealthy(now: float) -> Health:
+def unhealthy(now: float, detail: str) -> Health:
     return Health(
         status="unhealthy",
         database="unreachable",
@@ -466,6 +474,7 @@ def unhealthy(now: float) -> Health:
         job_queue=None,
         event_log=None,
         timestamp=now,
+        detail=detail,
     )
 
 

@@ -1,20 +1,22 @@
 """What both stores do the same way on the road to the log: a queued append, its
-events encoded and chained onto the head, rows read back as ``Recorded``, and the
-cache of stream versions their writers keep."""
+events encoded and chained onto the head, rows read back as ``Recorded``, the
+cache of stream versions their writers keep, and the fault that stops their writes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from shelby.events.codec import chain_hash, decode_event, encode_data, envelope_bytes
-from shelby.events.store import Recorded, StoreError
+from shelby.events.store import Recorded, StoreError, StoreUnavailable
 from shelby.events.types import Event
 
 __all__ = [
     "REBUILD_CHUNK",
     "Pending",
+    "WriteFaults",
     "chain",
     "pending",
     "remember_versions",
@@ -117,3 +119,41 @@ def remember_versions(cache: dict[str, int], versions: dict[str, int]) -> None:
         cache[stream] = version
     while len(cache) > VERSION_CACHE_SIZE:
         del cache[next(iter(cache))]
+
+
+class WriteFaults:
+    """The fault that made the last write fail (disk full, read-only, unreachable),
+    until a write goes through again.
+
+    A store that answers reads but cannot write is not healthy, and health must say so
+    without waiting for the next caller's write to find out. While a fault stands,
+    ``check`` tries the store's ``probe`` (a write that changes nothing) at most once
+    every ``probe_every`` seconds, so that health also recovers without traffic.
+    """
+
+    def __init__(self, probe_every: float = 1.0) -> None:
+        self.fault: str | None = None
+        self._probe_every = probe_every
+        self._probed_at = float("-inf")
+
+    def failed(self, fault: StoreUnavailable) -> None:
+        self.fault = str(fault)
+
+    def succeeded(self) -> None:
+        self.fault = None
+
+    async def check(self, probe: Callable[[], Awaitable[None]]) -> None:
+        """Raises ``StoreUnavailable`` while the fault stands."""
+        if self.fault is None:
+            return
+        now = time.monotonic()
+        if now - self._probed_at >= self._probe_every:
+            self._probed_at = now
+            try:
+                await probe()
+            except StoreUnavailable as exc:
+                self.fault = str(exc)
+            else:
+                self.fault = None
+                return
+        raise StoreUnavailable(self.fault)

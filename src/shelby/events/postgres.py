@@ -38,6 +38,7 @@ import structlog
 from shelby.events._append import (
     REBUILD_CHUNK,
     Pending,
+    WriteFaults,
     chain,
     pending,
     remember_versions,
@@ -279,6 +280,7 @@ class PostgresEventStore:
         self._queue: list[Pending] = []
         self._writer_task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
+        self.write_faults = WriteFaults()
         # Publication: ``_published`` is the last seq handed to listeners, ``_known``
         # the highest seq known to be committed (by a NOTIFY or our own commit), and
         # ``_local`` our own committed batches by first seq, not yet handed out.
@@ -507,6 +509,11 @@ class PostgresEventStore:
                     p.future.set_result(result)
                 if not isinstance(result, BaseException):
                     committed.extend(result)
+            fault = next((r for r in results if isinstance(r, StoreUnavailable)), None)
+            if fault is not None:
+                self.write_faults.failed(fault)
+            elif committed:
+                self.write_faults.succeeded()
             if committed:
                 self._committed_here(committed)
 
@@ -801,6 +808,22 @@ class PostgresEventStore:
     async def ping(self) -> None:
         try:
             await asyncio.wait_for(self._readers().fetchval("SELECT 1"), PING_TIMEOUT)
+        except Exception as exc:
+            raise map_error(exc) from exc
+
+    async def check_writable(self) -> None:
+        await self.write_faults.check(self._probe_write)
+
+    async def _probe_write(self) -> None:
+        """A write that changes nothing (the head row, updated to itself) on a pooled
+        connection: it needs a writable database with room for its WAL record."""
+
+        async def probe() -> None:
+            async with self._readers().acquire() as conn, conn.transaction():
+                await conn.execute("UPDATE event_head SET seq = seq WHERE id = 1")
+
+        try:
+            await asyncio.wait_for(probe(), PING_TIMEOUT)
         except Exception as exc:
             raise map_error(exc) from exc
 

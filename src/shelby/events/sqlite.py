@@ -10,6 +10,13 @@ own savepoint and does not disturb the others in its batch.
 The writer is one thread with a plain ``sqlite3`` connection rather than an aiosqlite
 one: aiosqlite hops between threads once per statement, and a batch is hundreds of
 statements, so the batch is handed over whole. Reads use aiosqlite connections.
+
+A fault of the database (disk full, file read-only, I/O error) fails the batch it
+struck and nothing else: the transaction is rolled back and reads go on. Unless the
+fault was one of room or of contention, the writer's connection is dropped and opened
+again for the next batch: a connection that SQLite opened read-only stays read-only
+after the file becomes writable. A store that cannot write when it opens still opens,
+for reads, and tries again at each write.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +37,7 @@ import structlog
 from shelby.events._append import (
     REBUILD_CHUNK,
     Pending,
+    WriteFaults,
     chain,
     pending,
     remember_versions,
@@ -90,6 +99,13 @@ INSERT_EVENT = (
 )
 SELECT_EVENTS = "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
 
+NO_OP_WRITE = "UPDATE projection_positions SET seq = seq"
+"""Changes nothing, yet needs a writable file and room in the WAL for its page."""
+
+FREE_AFTER_FULL = 4 << 20
+"""After the disk was full, health waits for this much free space (a WAL's worth of
+pages between checkpoints) before it tries a write again."""
+
 
 def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:
     """Run statements in order, batching runs of the same SQL into ``executemany``."""
@@ -127,13 +143,23 @@ class SQLiteEventStore:
         self._versions: dict[str, int] = {}
         self._tree = Frontier()
         self._data_version = -1
+        self._closed = False
+        self.write_faults = WriteFaults()
+        self._disk_full = False  # the standing fault is SQLITE_FULL
 
     # --- life cycle -------------------------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open_writer)
+        try:
+            await loop.run_in_executor(self._executor, self._open_writer)
+        except sqlite3.Error as exc:
+            if not _is_fault(exc):
+                raise
+            # Read-only or full: serve what can be read; each write tries to open again.
+            log.error("the event store cannot take writes; serving reads", error=str(exc))
+            self._fault(exc)
         for _ in range(self._n_readers):
             conn = await aiosqlite.connect(self.path)
             await conn.execute("PRAGMA busy_timeout = 5000")
@@ -142,22 +168,50 @@ class SQLiteEventStore:
         self._reader_cycle = itertools.cycle(self._readers)
 
     def _open_writer(self) -> None:
+        """Open the writer's connection, create what is missing and catch projections
+        up; on any failure the connection is closed again and nothing is kept."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit is on disk (the WAL is fsynced) before any caller is answered.
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("BEGIN IMMEDIATE")
-        for ddl in EVENTS_DDL:
-            conn.execute(ddl)
-        conn.execute("COMMIT")
         self._wconn = conn
-        row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        self._head = Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
-        conn.execute("BEGIN IMMEDIATE")
-        self._load_tree(conn)
-        conn.execute("COMMIT")
-        self._prepare_projections()
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit is on disk (the WAL is fsynced) before any caller is answered.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            for ddl in EVENTS_DDL:
+                conn.execute(ddl)
+            # SQLite opens a file it may not write read-only, and says so only at
+            # the first write: make that now, not at a caller's append.
+            conn.execute(NO_OP_WRITE)
+            conn.execute("COMMIT")
+            row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            self._head = Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
+            self._data_version = -1
+            self._versions.clear()
+            conn.execute("BEGIN IMMEDIATE")
+            self._load_tree(conn)
+            conn.execute("COMMIT")
+            self._prepare_projections()
+        except BaseException:
+            self._drop_writer()
+            raise
+
+    def _writer(self) -> sqlite3.Connection:
+        """The writer's connection, opened again if a fault dropped it."""
+        if self._wconn is None:
+            if self._closed:
+                raise StoreUnavailable("the store is not open")
+            self._open_writer()
+            log.info("the event store's writer is open again")
+        return self._conn()
+
+    def _drop_writer(self) -> None:
+        conn, self._wconn = self._wconn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            conn.close()
 
     def _load_tree(self, conn: sqlite3.Connection) -> None:
         """Load the Merkle frontier, first extending the tree over any events it lacks
@@ -207,6 +261,7 @@ class SQLiteEventStore:
             self._replay(projs, after, None)
 
     async def close(self) -> None:
+        self._closed = True
         if self._writer_task is not None:
             with contextlib.suppress(Exception):
                 await self._writer_task
@@ -276,7 +331,12 @@ class SQLiteEventStore:
         """One transaction for the whole batch. Versions are checked and hashes chained
         in memory first, so the common case is a few ``executemany`` calls; only if a
         statement is refused does the batch run again, each append in a savepoint."""
-        conn = self._conn()
+        try:
+            conn = self._writer()
+        except sqlite3.Error as exc:
+            if not _is_fault(exc):
+                raise
+            return [self._fault(exc)] * len(batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
             self._check_head(conn)
@@ -306,15 +366,26 @@ class SQLiteEventStore:
             self._head = Head(-1, "")
             err: StoreError
             if _is_fault(exc):
-                err = StoreUnavailable(f"the event store cannot take writes: {exc}")
+                log.warning("the event store cannot take writes", error=str(exc))
+                err = self._fault(exc)
+                if _breaks_connection(exc):
+                    self._drop_writer()  # the next batch opens it again
             else:
                 log.exception("the writer failed")
                 err = StoreError(f"the event store failed: {exc}")
             return [err] * len(batch)
+        self.write_faults.succeeded()
         self._head = head
         self._tree = tree
         remember_versions(self._versions, versions)
         return staged
+
+    def _fault(self, exc: BaseException) -> StoreUnavailable:
+        """Note a fault of the database for health, and the error its callers get."""
+        err = _unavailable(exc)
+        self.write_faults.failed(err)
+        self._disk_full = _is_full(exc)
+        return err
 
     def _check_head(self, conn: sqlite3.Connection) -> None:
         """The store is the only writer of its file; if the log moved after all (another
@@ -329,7 +400,8 @@ class SQLiteEventStore:
         row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         head = Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
         if head != self._head:
-            log.warning("the log moved under this store; reloading its head", seq=head.seq)
+            if self._head.seq >= 0:  # not merely our own failed batch being forgotten
+                log.warning("the log moved under this store; reloading its head", seq=head.seq)
             self._head = head
             self._versions.clear()
             self._load_tree(conn)
@@ -506,6 +578,37 @@ class SQLiteEventStore:
     async def ping(self) -> None:
         await self.fetchone("SELECT 1 FROM projection_positions LIMIT 1")
 
+    async def check_writable(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def probe() -> None:
+            await loop.run_in_executor(self._executor, self._probe_write)
+
+        await self.write_faults.check(probe)
+
+    def _probe_write(self) -> None:
+        """A write that changes nothing but needs what every write needs: the file
+        open for writing, its lock, and room for a page in the WAL."""
+        if self.write_faults.fault is not None and self._disk_full:
+            # A one-page write may fit where the failed batch did not: wait for room.
+            stat = os.statvfs(self.path.parent)
+            free = stat.f_bavail * stat.f_frsize
+            if free < FREE_AFTER_FULL:
+                raise StoreUnavailable(
+                    f"the event store cannot take writes: the disk is full ({free} bytes free)"
+                )
+        try:
+            conn = self._writer()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(NO_OP_WRITE)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if not _is_fault(exc):
+                raise StoreError(f"the event store failed: {exc}") from exc
+            if _breaks_connection(exc):
+                self._drop_writer()
+            raise self._fault(exc) from exc
+
     # --- rebuilding ---------------------------------------------------------------------
 
     async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
@@ -518,7 +621,7 @@ class SQLiteEventStore:
         return await loop.run_in_executor(self._executor, run)
 
     def _reset(self, projs: Sequence[Projection]) -> None:
-        conn = self._conn()
+        conn = self._writer()
         conn.execute("BEGIN IMMEDIATE")
         for proj in projs:
             for table in proj.tables:
@@ -540,7 +643,7 @@ class SQLiteEventStore:
     ) -> int:
         """Apply the log after ``after`` to ``projs``, one transaction per chunk, each
         saving the position it reached: an interrupted replay resumes where it stopped."""
-        conn = self._conn()
+        conn = self._writer()
         total = self._head.seq
         applied = 0
         names = [p.name for p in projs]
@@ -572,6 +675,25 @@ class SQLiteEventStore:
         finally:
             reader.close()
         return applied
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"the event store cannot take writes: {exc}")
+
+
+def _is_full(exc: BaseException) -> bool:
+    return getattr(exc, "sqlite_errorname", "").startswith("SQLITE_FULL")
+
+
+# Faults after which the writer's connection is still good: the disk or memory was
+# full, or another process held the lock. After any other (read-only, I/O, the file
+# replaced) it is opened again.
+_KEEPS_CONNECTION = frozenset({"SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_NOMEM"})
+
+
+def _breaks_connection(exc: BaseException) -> bool:
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return "_".join(name.split("_")[:2]) not in _KEEPS_CONNECTION
 
 
 def _fail(batch: list[Pending], reason: str) -> None:

@@ -171,6 +171,12 @@ class EventStore(Protocol):
         """Raises ``StoreUnavailable`` when the database cannot be reached."""
         ...
 
+    async def check_writable(self) -> None:
+        """Raises ``StoreUnavailable`` while a fault of the database (disk full,
+        read-only, unreachable) keeps appends from committing: the last append failed
+        for it, and a probe that writes nothing new still fails."""
+        ...
+
     async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop every projection and replay the log into it; returns events applied."""
         ...
