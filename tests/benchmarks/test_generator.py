@@ -5,20 +5,15 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
 from bench._generator import HEARTBEAT_SECONDS, Shape, cached_log, generate, long_job_id
 
-from cli.test_rebuild import dump, shelby_cli
+from cli._logfile import dump, rebuild, verify
 from shelby.events.types import EVENT_TYPES
 
 SHAPE = Shape(events=4000, nodes=20, jobs=100)
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*shelby_cli(), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_generated_log_verifies_and_rebuilds_equal(tmp_path: Path) -> None:
@@ -53,11 +48,11 @@ def test_generated_log_verifies_and_rebuilds_equal(tmp_path: Path) -> None:
     finally:
         conn.close()
 
-    verified = _cli("verify", "--db", str(path))
+    verified = verify(path)
     assert verified.returncode == 0, verified.stderr
     assert f"ok: {SHAPE.events} events" in verified.stdout
     before = dump(path)
-    rebuilt = _cli("rebuild", "--db", str(path))
+    rebuilt = rebuild(path)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert dump(path) == before
 
