@@ -161,7 +161,14 @@ def run_load(port: int, nodes_file: str, seconds: float) -> None:
 # --- orchestration ----------------------------------------------------------------------
 
 
-def start_shelby(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+def start_shelby(
+    data: Path,
+    port: int,
+    *extra: str,
+    lease_seconds: float = 60,
+    # High enough never to refuse, so the limiter's cost is measured, not its 429s.
+    rate_limit: str = "1000000/second",
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SHELBY_ADMIN_TOKEN": ADMIN, "SHELBY_JOIN_TOKEN": JOIN}
     proc = subprocess.Popen(
         [
@@ -174,10 +181,9 @@ def start_shelby(data: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
             "--port",
             str(port),
             "--lease-seconds",
-            "60",
-            # High enough never to refuse, so the limiter's cost is measured, not its 429s.
+            str(lease_seconds),
             "--rate-limit",
-            "1000000/second",
+            rate_limit,
             *extra,
         ],
         env=env,
