@@ -57,6 +57,7 @@ from shelby.events.store import (
     project,
 )
 from shelby.events.types import Event
+from shelby.events.wal import WalCheckpointer
 
 __all__ = ["SQLiteEventStore"]
 
@@ -143,6 +144,7 @@ class SQLiteEventStore:
         self._versions: dict[str, int] = {}
         self._tree = Frontier()
         self._data_version = -1
+        self._wal = WalCheckpointer(self.path)
         self._closed = False
         self.write_faults = WriteFaults()
         self._disk_full = False  # the standing fault is SQLITE_FULL
@@ -177,6 +179,7 @@ class SQLiteEventStore:
             conn.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk (the WAL is fsynced) before any caller is answered.
             conn.execute("PRAGMA synchronous = FULL")
+            self._wal.attach(conn)
             conn.execute("BEGIN IMMEDIATE")
             for ddl in EVENTS_DDL:
                 conn.execute(ddl)
@@ -270,6 +273,7 @@ class SQLiteEventStore:
             await conn.close()
         self._readers.clear()
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._wal.close)
         if self._wconn is not None:
             await loop.run_in_executor(self._executor, self._wconn.close)
             self._wconn = None
@@ -378,6 +382,7 @@ class SQLiteEventStore:
         self._head = head
         self._tree = tree
         remember_versions(self._versions, versions)
+        self._wal.committed(conn)
         return staged
 
     def _fault(self, exc: BaseException) -> StoreUnavailable:
@@ -669,6 +674,7 @@ class SQLiteEventStore:
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+                self._wal.committed(conn)
                 applied += len(rows)
                 if progress is not None:
                     progress(applied, total)
