@@ -33,6 +33,7 @@ class WalCheckpointer:
         self._reset_frames = reset_frames
         self._commits = 0
         self._wake = threading.Event()
+        self._lock = threading.Lock()  # one checkpoint at a time, ours or the writer's
         self._closing = False
         # Set by the checkpointer thread, read and cleared by the writer thread; a
         # stale read only moves the writer's catch-up by one commit.
@@ -48,20 +49,25 @@ class WalCheckpointer:
     def committed(self, writer: sqlite3.Connection) -> None:
         """Called by the writer thread after each commit, outside any transaction."""
         if self._reset_wanted:
-            self._reset_wanted = False
-            self.finish(writer)
+            # Waits at most for the background copy under way, which then has little
+            # left to do; the background thread starts none while a reset is wanted.
+            with self._lock:
+                self._reset_wanted = not self.finish(writer)
         self._commits += 1
         if self._commits >= self._every:
             self._commits = 0
             self._wake.set()
 
-    def finish(self, writer: sqlite3.Connection) -> None:
+    def finish(self, writer: sqlite3.Connection) -> bool:
         """Copy what is left of the WAL from the writer's own connection, so that its
-        next transaction restarts the WAL."""
+        next transaction restarts the WAL; False if that must be tried again (the
+        background checkpoint held the checkpoint lock, or a reader held old pages)."""
         try:
-            writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as exc:  # a busy reader: the next request tries again
+            busy, frames, copied = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
             log.warning("the writer could not checkpoint the WAL", error=str(exc))
+            return False
+        return not busy and frames == copied
 
     def close(self) -> None:
         self._closing = True
@@ -80,10 +86,13 @@ class WalCheckpointer:
                 self._wake.clear()
                 if self._closing:
                     return
+                if self._reset_wanted:
+                    continue  # the writer finishes this one
                 try:
-                    _busy, frames, _copied = conn.execute(
-                        "PRAGMA wal_checkpoint(PASSIVE)"
-                    ).fetchone()
+                    with self._lock:
+                        _busy, frames, _copied = conn.execute(
+                            "PRAGMA wal_checkpoint(PASSIVE)"
+                        ).fetchone()
                 except sqlite3.Error as exc:
                     log.warning("the WAL checkpoint failed", error=str(exc))
                     continue
