@@ -258,7 +258,9 @@ class AgentProcess:
         def joined() -> str | None:
             if not identity.exists():
                 return None
-            return str(json.loads(identity.read_text())["nodeId"])
+            known = json.loads(identity.read_text())
+            # The id is kept before the first registration; the token once it is done.
+            return str(known["nodeId"]) if known.get("token") else None
 
         return wait_for(joined, timeout, f"{self.name} to join:\n{self.log_text()[-2000:]}")
 

@@ -354,6 +354,29 @@ def test_usage_of_the_current_attempt_is_recorded() -> None:
     ]
 
 
+def test_the_same_usage_report_again_is_counted_once() -> None:
+    """A report the node sends again (its answer was lost) decides nothing; another
+    report, or the same one for the next attempt, is recorded."""
+    report = UsageReported(node_id=N, job_id=J, attempt=1, cpu_seconds=1.5, wall_seconds=2.0)
+    again = ReportJobUsage(job_id=J, node_id=N, attempt=1, cpu_seconds=1.5, wall_seconds=2.0)
+    assert when([*RUNNING, report], again) == []
+    more = ReportJobUsage(job_id=J, node_id=N, attempt=1, cpu_seconds=0.5)
+    assert when([*RUNNING, report], more) == [
+        UsageReported(node_id=N, job_id=J, attempt=1, cpu_seconds=0.5)
+    ]
+    next_attempt = [
+        *RUNNING,
+        report,
+        LeaseExpired(job_id=J, node_id=N, attempt=1, requeued=True),
+        JobAssigned(job_id=J, node_id=N, attempt=2),
+        JobAcked(job_id=J, node_id=N, attempt=2),
+    ]
+    same_later = ReportJobUsage(job_id=J, node_id=N, attempt=2, cpu_seconds=1.5, wall_seconds=2.0)
+    assert when(next_attempt, same_later) == [
+        UsageReported(node_id=N, job_id=J, attempt=2, cpu_seconds=1.5, wall_seconds=2.0)
+    ]
+
+
 def test_usage_from_another_node_conflicts() -> None:
     """A node cannot report usage for a job it does not hold."""
     with pytest.raises(Conflict):

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Coroutine, Mapping
@@ -188,7 +189,7 @@ class Agent:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _save_identity(self, node_id: str, token: str) -> None:
+    def _save_identity(self, node_id: str, token: str | None) -> None:
         tmp = self._identity_file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -203,8 +204,16 @@ class Agent:
             "labels": dict(self.config.labels),
             "maxConcurrentJobs": self.config.max_jobs,
         }
-        if known := self._load_identity().get("nodeId"):
-            body["nodeId"] = known
+        known = self._load_identity().get("nodeId")
+        if not known:
+            # Chosen here and kept before asking: if the answer to the first
+            # registration is lost, the retry registers the same node, not a second one.
+            known = f"node-{secrets.token_hex(6)}"
+            self._save_identity(known, None)
+            rejoined = False
+        else:
+            rejoined = True
+        body["nodeId"] = known
         try:
             answer = await persist(
                 partial(self.client.register, self.config.join_token, body),
@@ -223,7 +232,7 @@ class Agent:
         log.info(
             "joined",
             server=self.config.server,
-            rejoined=bool(known),
+            rejoined=rejoined,
             heartbeat_seconds=self.heartbeat_interval,
             lease_seconds=self.lease_seconds,
             max_jobs=self.config.max_jobs,

@@ -82,6 +82,9 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     # (attempt, node) of every attempt its node handed back, so that a release the
     # node repeats (its first answer was lost) is recognised rather than refused.
     released: frozenset[tuple[int, str]] = frozenset()
+    # The last usage report, so that one the node sends again (its answer was lost)
+    # is recognised rather than counted twice.
+    last_usage: UsageReported | None = None
 
 
 def initial_state() -> JobState:
@@ -305,17 +308,18 @@ def decide(command: JobCommand, state: JobState) -> list[Event]:
         case ReportJobUsage():
             _existing(state, command.job_id)
             attempt = _current_attempt(state, command.node_id, command.attempt)
-            return [
-                UsageReported(
-                    node_id=command.node_id,
-                    job_id=command.job_id,
-                    attempt=attempt,
-                    cpu_seconds=command.cpu_seconds,
-                    wall_seconds=command.wall_seconds,
-                    peak_ram_mb=command.peak_ram_mb,
-                    gpu_seconds=command.gpu_seconds,
-                )
-            ]
+            report = UsageReported(
+                node_id=command.node_id,
+                job_id=command.job_id,
+                attempt=attempt,
+                cpu_seconds=command.cpu_seconds,
+                wall_seconds=command.wall_seconds,
+                peak_ram_mb=command.peak_ram_mb,
+                gpu_seconds=command.gpu_seconds,
+            )
+            if report == state.last_usage:
+                return []  # the same report again: already counted
+            return [report]
         case FinishJob():
             _existing(state, command.job_id)
             ending = _ending(command, state)
@@ -459,7 +463,9 @@ def evolve(state: JobState, event: Event) -> JobState:
             return msgspec.structs.replace(state, status=JobStatus.RUNNING)
         case LogLinesAppended():
             return msgspec.structs.replace(state, next_offset=event.offset + len(event.lines))
-        case UsageReported() | JobTimedOut():
+        case UsageReported():
+            return msgspec.structs.replace(state, last_usage=event)
+        case JobTimedOut():
             return state
         case JobFinished():
             return msgspec.structs.replace(state, status=JobStatus.FINISHED, ending=event)
