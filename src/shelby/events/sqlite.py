@@ -104,8 +104,8 @@ NO_OP_WRITE = "UPDATE projection_positions SET seq = seq"
 """Changes nothing, yet needs a writable file and room in the WAL for its page."""
 
 FREE_AFTER_FULL = 4 << 20
-"""After the disk was full, health waits for this much free space (a WAL's worth of
-pages between checkpoints) before it tries a write again."""
+"""After the disk was full, health waits for this much free space before it tries a
+write again: a one-page probe could pass where the batch that failed would not."""
 
 
 def run_statements(conn: sqlite3.Connection, statements: list[Statement]) -> None:
