@@ -24,6 +24,7 @@ __all__ = [
     "heartbeat_interval",
     "is_loopback",
     "parse_rate_limit",
+    "parse_size",
 ]
 
 DEFAULT_DB = "./shelby-data/shelby.db"
@@ -130,6 +131,26 @@ def parse_rate_limit(text: str) -> str | None:
     except ValueError as exc:
         raise ValueError(f"rate limit {text!r}: {exc}") from exc
     return text
+
+
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes from ``512M``, ``4G``, ``1.5GiB``, ``1048576`` (units are powers
+    of 1024); ``0``, ``off``, ``none`` or ``unlimited``: 0, no limit."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    if value in ("0", "OFF", "NONE", "UNLIMITED"):
+        return 0
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value.removesuffix(unit) if unit else value
+    try:
+        size = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size such as 512M, 4G or off") from None
+    if size < 0:
+        raise ValueError(f"{text!r}: a size cannot be negative")
+    return size
 
 
 def data_dir_of(db: str) -> Path:

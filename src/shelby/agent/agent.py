@@ -59,6 +59,7 @@ from shelby.agent.runner import (
     stopped_ending,
     unless_stopped,
 )
+from shelby.agent.sandbox import Sandbox, prepare_work_dir
 from shelby.agent.shipper import LogShipper
 from shelby.agent.spool import LogSpool
 
@@ -90,6 +91,10 @@ class AgentConfig:
     release_timeout: float = 5.0
     """How long a shutdown tries to hand a stopped attempt back (its log, usage and
     the release itself) before leaving it to the lease; at most ``shutdown_grace``."""
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    """As whom, and within which limits, jobs run (sandbox.py)."""
+    job_python: str | None = None
+    """The Python job environments are made from; the agent's own by default."""
 
 
 class Agent:
@@ -112,13 +117,17 @@ class Agent:
         self._register_lock = asyncio.Lock()
         self._registered_at = 0.0
         self._environments = EnvironmentCache(
-            config.work_dir / "environments", kill_grace=config.kill_grace
+            config.work_dir / "environments",
+            kill_grace=config.kill_grace,
+            python=config.job_python,
+            sandbox=config.sandbox,
         )
         self._runner = AttemptRunner(
             self._environments,
             secrets=self._secrets,
             kill_grace=config.kill_grace,
             track_gpus=shutil.which("nvidia-smi") is not None,
+            sandbox=config.sandbox,
         )
 
     # --- life ----------------------------------------------------------------------
@@ -132,8 +141,12 @@ class Agent:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Join and work until ``request_shutdown``."""
-        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        """Join and work until ``request_shutdown``; ``SandboxError`` before joining
+        when the sandbox asked for cannot be had."""
+        await asyncio.to_thread(
+            prepare_work_dir, self.config.work_dir, self.config.sandbox, self._environments.python
+        )
+        log.info("jobs run " + self.config.sandbox.describe())
         stop = StopRequest()
         watcher = asyncio.create_task(self._relay_stop(stop))
         try:
@@ -191,7 +204,8 @@ class Agent:
 
     def _save_identity(self, node_id: str, token: str | None) -> None:
         tmp = self._identity_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by a crash keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as f:
             json.dump({"nodeId": node_id, "token": token, "server": self.config.server}, f)
         os.replace(tmp, self._identity_file)

@@ -1,17 +1,20 @@
 """One child process and everything it starts, watched and stoppable as a whole.
 
-The child leads a process group (``setsid``) so that a timeout, a cancel or the
-agent's own shutdown reaches every process the script started, not just the first.
-Its output is read line by line as it comes. Its usage is sampled over the whole
-tree with psutil and completed, when it ends, from ``wait4``'s resource usage, which
-counts every descendant the tree waited for, however short-lived.
+The child runs under the shim (``shim.py``), a small supervisor in a session of its
+own that is a child subreaper: every process the job starts stays below it, even one
+that leaves its process group and session and whose parent exits, so a timeout, a
+cancel or the agent's own shutdown reaches all of them. The shim also applies the
+sandbox's limits and user (``sandbox.py``). Output is read line by line as it comes.
+Usage is sampled over the whole tree with psutil and completed, when it ends, from
+``wait4``'s resource usage, which counts every descendant the shim waited for, however
+short-lived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +29,7 @@ from typing import Any
 import psutil
 
 from shelby.agent import specs
+from shelby.agent.sandbox import Sandbox
 
 __all__ = ["Exit", "LineSink", "StopRequest", "TreeUsage", "run_tree", "signal_group"]
 
@@ -78,14 +82,16 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-_PR_SET_PDEATHSIG = 1
+SHIM = Path(__file__).with_name("shim.py")
+
+SHIM_MARGIN = 2.0
+"""How long past the kill grace the agent waits for the shim to end the tree before
+it kills what it can find itself."""
 
 
-def _die_with_agent() -> None:
-    """In the child, before exec: if the agent dies (even by SIGKILL), so does the
-    script, rather than running on unsupervised while the job goes elsewhere."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 class _Lines(asyncio.Protocol):
@@ -126,6 +132,7 @@ class _Tree:
     """The processes descended from one root, sampled while they live."""
 
     def __init__(self, root: int) -> None:
+        self.root = root
         self.tracked: dict[int, psutil.Process] = {}
         with contextlib.suppress(psutil.Error):
             self.tracked[root] = psutil.Process(root)
@@ -152,7 +159,8 @@ class _Tree:
             # A process's children_* times hold the descendants it already waited for;
             # live descendants are counted on their own.
             cpu += times.user + times.system + times.children_user + times.children_system
-            rss += memory.rss
+            if pid != self.root:  # the shim's own memory is not the job's
+                rss += memory.rss
         self.cpu_seconds = max(self.cpu_seconds, cpu)
         self.peak_rss = max(self.peak_rss, rss)
 
@@ -160,8 +168,8 @@ class _Tree:
         return set(self.tracked)
 
     def signal_strays(self, pgid: int, sig: int) -> None:
-        """Descendants that left the process group (their own ``setsid``) still belong
-        to the job."""
+        """The job's processes outside the shim's process group: all of them, since the
+        job runs in a session of its own."""
         for process in list(self.tracked.values()):
             with contextlib.suppress(psutil.Error, OSError):
                 if process.is_running() and os.getpgid(process.pid) != pgid:
@@ -201,22 +209,27 @@ async def run_tree(
     kill_grace: float = 5.0,
     sample_interval: float = 0.5,
     track_gpus: bool = False,
+    sandbox: Sandbox | None = None,
 ) -> Exit:
-    """Run ``argv`` in a new process group until it ends or ``stop`` is requested;
-    either way, every process of the group is gone when this returns."""
+    """Run ``argv`` under the shim, in ``sandbox``, until it ends or ``stop`` is
+    requested; either way, every process it started is gone when this returns."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    # Popen forks here, on the loop's thread, on purpose: PR_SET_PDEATHSIG fires when
-    # the *thread* that forked the child exits, and a worker thread may exit early.
+    config = (sandbox or Sandbox()).shim_config()
+    config.update(grace=kill_grace, parent=os.getpid())
+    # -I -S: the shim needs nothing but the standard library, and no variable of the
+    # job's environment may change how it starts.
+    shim = [sys.executable, "-I", "-S", str(SHIM), json.dumps(config), "--", *argv]
+    # Popen forks here, on the loop's thread, on purpose: the shim's PR_SET_PDEATHSIG
+    # fires when the *thread* that forked it exits, and a worker thread may exit early.
     child = subprocess.Popen(  # noqa: ASYNC220
-        list(argv),
+        shim,
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_die_with_agent if sys.platform == "linux" else None,
     )
     pgid = child.pid
     if on_spawn is not None:
@@ -260,24 +273,26 @@ async def run_tree(
         if not reaped.done():
             stopped = stop.reason
             tree.sample()
-            signal_group(pgid, signal.SIGTERM)
-            tree.signal_strays(pgid, signal.SIGTERM)
+            # The shim sends SIGTERM to every process of the job, SIGKILL after the grace.
+            _signal(child.pid, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reaped), kill_grace)
-            tree.sample()
-            signal_group(pgid, signal.SIGKILL)
-            tree.signal_strays(pgid, signal.SIGKILL)
+                await asyncio.wait_for(asyncio.shield(reaped), kill_grace + SHIM_MARGIN)
+            if not reaped.done():  # the shim is gone or stuck: kill what can be found
+                tree.sample()
+                signal_group(pgid, signal.SIGKILL)
+                tree.signal_strays(pgid, signal.SIGKILL)
         code, rusage = await reaped
     finally:
         stopping.cancel()
         for task in samplers:
             task.cancel()
-        if not reaped.done():  # cancelled from outside: leave nothing running
-            signal_group(pgid, signal.SIGKILL)
+        if not reaped.done():  # cancelled from outside: the shim kills all at once
+            _signal(child.pid, signal.SIGHUP)
             tree.signal_strays(pgid, signal.SIGKILL)
     wall = time.monotonic() - started
     child.returncode = code  # reaped by us; keeps Popen from waiting again
-    # What the root left behind in its group ends with it: the job is over.
+    # The shim killed what the job left behind before it exited; should it have been
+    # killed itself, what was seen of the tree goes now.
     signal_group(pgid, signal.SIGKILL)
     tree.signal_strays(pgid, signal.SIGKILL)
     await asyncio.wait([r.closed for r in readers], timeout=5.0)

@@ -6,8 +6,12 @@ The attempt gets a fresh directory of its own::
       dataset/   the dataset, fetched and checked against datasetHash
       src/       the script, under its entrypoint's name (the working directory)
       out/       SHELBY_OUTPUT_DIR: what the script leaves here is the model
-      log/       the log spool (spool.py)
+      home/      HOME; tmp/: TMPDIR, removed when the script ends
+      log/       the log spool (spool.py), the agent's alone
       state.json where the attempt is, so that a restarted agent can finish reporting
+
+With ``--run-as USER`` (sandbox.py), dataset, src, out, home and tmp are USER's (the
+dataset once checked, the script once written); the rest is the agent's.
 
 The runner talks to no server: it reports lines to a sink and returns an ``Ending``;
 the agent (agent.py) carries both to the server.
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -30,6 +35,7 @@ from shelby.agent.dataset import DatasetError, fetch_dataset
 from shelby.agent.environments import EnvironmentCache, EnvironmentFailed, Stopped
 from shelby.agent.modelhash import model_hash, output_files
 from shelby.agent.process import LineSink, StopRequest, TreeUsage, run_tree
+from shelby.agent.sandbox import Sandbox, hand_over, job_environment
 
 __all__ = [
     "CANCELLED",
@@ -40,7 +46,6 @@ __all__ = [
     "AttemptRunner",
     "Ending",
     "Script",
-    "job_environment",
     "stopped_ending",
     "unless_stopped",
 ]
@@ -55,8 +60,6 @@ SHUTDOWN = "shutdown"
 """The agent itself is stopping."""
 SHUTDOWN_REASON = "the agent shut down"
 """Why an attempt stopped by its agent's shutdown is handed back to the server."""
-
-_SCRUBBED = frozenset({"VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "__PYVENV_LAUNCHER__"})
 
 
 @dataclass(frozen=True)
@@ -143,24 +146,6 @@ class Ending:
         }
 
 
-def job_environment(
-    base: Mapping[str, str], secrets: Iterable[str], extra: Mapping[str, str]
-) -> dict[str, str]:
-    """The environment a job's processes get: the agent's, minus everything that is
-    Shelby's (``SHELBY_*``: tokens, server address) and any variable holding one of
-    ``secrets`` under another name, plus ``extra``."""
-    hidden = [s for s in secrets if s]
-    env = {
-        name: value
-        for name, value in base.items()
-        if not name.startswith("SHELBY_")
-        and name not in _SCRUBBED
-        and not any(secret in value for secret in hidden)
-    }
-    env.update(extra)
-    return env
-
-
 def stopped_ending(reason: str, usage: TreeUsage | None = None) -> Ending:
     match reason:
         case "timeout":
@@ -174,7 +159,7 @@ def stopped_ending(reason: str, usage: TreeUsage | None = None) -> Ending:
             raise ValueError(f"unknown stop reason {reason!r}")
 
 
-def _exit_error(code: int, last_stderr: str | None) -> str:
+def _exit_error(code: int, last_stderr: str | None, sandbox: Sandbox) -> str:
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -183,7 +168,10 @@ def _exit_error(code: int, last_stderr: str | None) -> str:
         text = f"killed by {name}"
     else:
         text = f"exit code {code}"
-    return f"{text}: {last_stderr}" if last_stderr else text
+    if not last_stderr:
+        return text
+    limit = sandbox.explain(last_stderr)
+    return f"{text}: {last_stderr}" + (f" ({limit})" if limit else "")
 
 
 def _safe_entrypoint(entrypoint: str) -> str | None:
@@ -217,11 +205,13 @@ class AttemptRunner:
         secrets: Callable[[], Iterable[str]],
         kill_grace: float = 5.0,
         track_gpus: bool = False,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self._environments = environments
         self._secrets = secrets
         self._kill_grace = kill_grace
         self._track_gpus = track_gpus
+        self._sandbox = sandbox or Sandbox()
 
     async def run(
         self,
@@ -236,11 +226,20 @@ class AttemptRunner:
         def system(text: str) -> None:
             sink("system", f"[shelby] {text}", time.time())
 
-        out = directory / "out"
-        src = directory / "src"
-        for made in (out, src):
-            made.mkdir(parents=True, exist_ok=True)
-        base_env = job_environment(os.environ, self._secrets(), {})
+        sandbox = self._sandbox
+        run_as = sandbox.run_as
+        out, src, home, tmp = (directory / name for name in ("out", "src", "home", "tmp"))
+        for made in (out, src, home, tmp):
+            made.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if run_as is not None:
+            # The user passes through to its own directories, and sees nothing else here.
+            for passage in (directory.parent, directory):
+                os.chmod(passage, 0o711)
+            for made in (out, home, tmp):  # src once the script is in it
+                hand_over(made, run_as)
+        user = sandbox.user_name()
+        identity = {"HOME": str(home), "TMPDIR": str(tmp), "USER": user, "LOGNAME": user}
+        base_env = job_environment(os.environ, self._secrets(), identity, sandbox.pass_env)
 
         if script.script_hash is not None:
             actual = "sha256:" + hashlib.sha256(script.text.encode()).hexdigest()
@@ -274,6 +273,9 @@ class AttemptRunner:
             if fetched is None:
                 return stopped_ending(stop.reason or SHUTDOWN)
             dataset_path, dataset_hash = fetched
+            if run_as is not None:
+                os.chmod(dataset_path.parent, 0o700)
+                hand_over(dataset_path.parent, run_as)
             checked = "matches datasetHash" if assignment.dataset_hash else "no datasetHash given"
             system(f"dataset {dataset_path.name} is {dataset_hash} ({checked})")
 
@@ -292,11 +294,14 @@ class AttemptRunner:
         target = src / entrypoint
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(script.text, encoding="utf-8")
+        if run_as is not None:
+            hand_over(src, run_as)
         bin_dir = environment / "bin"
         env = job_environment(
             os.environ,
             self._secrets(),
             {
+                **identity,
                 "SHELBY_JOB_ID": assignment.job_id,
                 "SHELBY_ATTEMPT": str(assignment.attempt),
                 "SHELBY_DATASET_PATH": str(dataset_path) if dataset_path else "",
@@ -305,6 +310,7 @@ class AttemptRunner:
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
                 "PYTHONUNBUFFERED": "1",
             },
+            sandbox.pass_env,
         )
         if entrypoint.endswith(".sh"):
             argv = ["/bin/sh", entrypoint]
@@ -318,7 +324,7 @@ class AttemptRunner:
                 last_stderr[:] = [text.strip()[:500]]
             sink(stream, text, at)
 
-        system(f"running {entrypoint} (attempt {assignment.attempt})")
+        system(f"running {entrypoint} (attempt {assignment.attempt}) {sandbox.describe()}")
         done = await run_tree(
             argv,
             cwd=src,
@@ -328,7 +334,9 @@ class AttemptRunner:
             on_spawn=on_spawn,
             kill_grace=self._kill_grace,
             track_gpus=self._track_gpus,
+            sandbox=sandbox,
         )
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
         if dataset_path is not None:
             # The dataset may be large and is fetched again by any later attempt; the
             # output stays: on this node it is the only copy of the model.
@@ -345,7 +353,7 @@ class AttemptRunner:
             return Ending(
                 status="failed",
                 exit_code=done.code,
-                error=_exit_error(done.code, last_stderr[0] if last_stderr else None),
+                error=_exit_error(done.code, last_stderr[0] if last_stderr else None, sandbox),
                 metadata=metadata,
                 usage=done.usage,
             )

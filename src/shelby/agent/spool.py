@@ -29,7 +29,8 @@ SpooledLine = dict[str, Any]
 
 class LogSpool:
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        # The agent's alone: a job (even one run as another user) does not rewrite its log.
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lines_path = directory / "lines.jsonl"
         self._acked_path = directory / "acked"
         self.acked, acked_pos = self._load_acked()

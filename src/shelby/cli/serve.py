@@ -59,7 +59,9 @@ def _die_with_parent() -> None:
 
 def _start_agent(settings: Settings, url: str) -> subprocess.Popen[bytes]:
     work_dir = data_dir_of(settings.db) / "agent"
-    env = {**os.environ, "SHELBY_JOIN_TOKEN": settings.join_token}
+    # The agent needs the join token, never the admin token.
+    env = {k: v for k, v in os.environ.items() if k != "SHELBY_ADMIN_TOKEN"}
+    env["SHELBY_JOIN_TOKEN"] = settings.join_token
     argv = [sys.executable, "-m", "shelby", "agent", "--server", url, "--work-dir", str(work_dir)]
     return subprocess.Popen(
         argv,
@@ -166,6 +168,12 @@ def serve(
     with_agent: bool,
 ) -> None:
     """Run the coordinator."""
+    if with_agent:
+        from shelby.agent.sandbox import make_undumpable
+
+        # The local agent's jobs run as this user: they may not read the tokens in
+        # this process's memory or /proc/PID/environ (SECURITY.md).
+        make_undumpable()
     try:
         settings = Settings.from_env(
             db=db,
