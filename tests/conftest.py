@@ -222,7 +222,10 @@ AGENT_ARGS = ("--poll-wait", "1", "--kill-grace", "1", "--max-backoff", "1")
 
 
 class AgentProcess:
-    """One ``python -m shelby agent`` subprocess; its stderr (JSON log) goes to a file."""
+    """One ``python -m shelby agent`` subprocess; its stderr (JSON log) goes to a file.
+    ``python``, ``env`` and ``popen`` (keywords of Popen: ``user``, ``preexec_fn``…)
+    change how it is started; without ``token_in_env`` the join token is for the test
+    to give (``--join-token-file``)."""
 
     def __init__(
         self,
@@ -231,25 +234,38 @@ class AgentProcess:
         extra: tuple[str, ...],
         name: str,
         url: str | None = None,
+        *,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        popen: dict[str, Any] | None = None,
+        token_in_env: bool = True,
     ) -> None:
         self.server = server
         self.url = url or server.url  # another address for the server (a proxy in front)
         self.work_dir = work_dir
         self.extra = extra
         self.name = name
+        self.python = python
+        self.env = env or {}
+        self.popen = popen or {}
+        self.token_in_env = token_in_env
         self.log_path = work_dir.parent / f"{work_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")}
-        env["SHELBY_JOIN_TOKEN"] = self.server.join_token
-        # As under ``shelby serve --with-agent``: the agent's environment holds the
-        # admin token too. No job may see either.
+        if self.token_in_env:
+            env["SHELBY_JOIN_TOKEN"] = self.server.join_token
+        # An agent environment that holds the admin token too (as one started by hand
+        # from an admin's shell might). No job may see either.
         env["SHELBY_ADMIN_TOKEN"] = self.server.admin_token
-        argv = [sys.executable, "-m", "shelby", "agent", "--server", self.url]
+        env.update(self.env)
+        argv = [self.python, "-m", "shelby", "agent", "--server", self.url]
         argv += ["--work-dir", str(self.work_dir), "--name", self.name, *AGENT_ARGS, *self.extra]
         with open(self.log_path, "ab") as err:
-            self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=subprocess.DEVNULL, stderr=err, **self.popen
+            )
         return self
 
     def node_id(self, timeout: float = 15) -> str:
@@ -293,7 +309,8 @@ AgentFactory = Callable[..., AgentProcess]
 @pytest.fixture
 def agents(tmp_path: Path) -> Iterator[AgentFactory]:
     """``agents(server, *flags, name=…, url=…)`` starts an agent (talking to ``url``
-    instead of the server's own address when given); all are killed at the end."""
+    instead of the server's own address when given; other keywords go to
+    ``AgentProcess``); all are killed at the end."""
     started: list[AgentProcess] = []
 
     def make(
@@ -302,9 +319,10 @@ def agents(tmp_path: Path) -> Iterator[AgentFactory]:
         name: str | None = None,
         work_dir: Path | None = None,
         url: str | None = None,
+        **options: Any,
     ) -> AgentProcess:
         name = name or f"agent{len(started)}"
-        agent = AgentProcess(server, work_dir or tmp_path / name, extra, name, url)
+        agent = AgentProcess(server, work_dir or tmp_path / name, extra, name, url, **options)
         started.append(agent)
         return agent.start()
 
