@@ -64,24 +64,30 @@ KINDS = (
     "node_usage",
     "tick",
 )
+Op = tuple[str, int, int, int, dict[str, Any]]
 META = st.sampled_from(
     [{}, {"lr": 1e-5}, {"tags": ["a", "ü"], "nested": {"k": None}}, {"big": 2**65, "f": 0.1}]
 )
-OPS = st.lists(
-    st.tuples(
-        st.sampled_from(KINDS),
-        st.integers(0, len(JOB_IDS) - 1),
-        st.integers(0, len(NODE_IDS) - 1),
-        st.integers(0, 3),
-        META,
-    ),
-    min_size=10,
-    max_size=60,
-)
+
+
+def operations(kinds: tuple[str, ...]) -> st.SearchStrategy[list[Op]]:
+    """Sequences of operations drawn from ``kinds``, on any job and node."""
+    return st.lists(
+        st.tuples(
+            st.sampled_from(kinds),
+            st.integers(0, len(JOB_IDS) - 1),
+            st.integers(0, len(NODE_IDS) - 1),
+            st.integers(0, 3),
+            META,
+        ),
+        min_size=10,
+        max_size=60,
+    )
+
+
+OPS = operations(KINDS)
 # How many operations run at once: 1 is strictly in order.
 GROUPS = st.sampled_from([1, 1, 3, 6])
-
-Op = tuple[str, int, int, int, dict[str, Any]]
 
 
 def projection_tables() -> list[str]:
@@ -316,6 +322,8 @@ def test_a_full_lifecycle_leaves_rows_in_every_projection() -> None:
         assert dump(path) == live
     assert count == 10
     for table in projection_tables():
+        if table == "log_archived":
+            continue  # only archiving fills it: see test_archive_replay
         assert live[table], f"{table} is empty"
     assert dict((s, n) for s, n in live["job_counts"]) == {
         "pending": 0,

@@ -35,6 +35,7 @@ from shelby.api.auth import Access, authorize, bearer_token
 from shelby.api.errors import ApiError
 from shelby.events.store import Recorded
 from shelby.events.types import (
+    HistoryArchived,
     JobAcked,
     JobAssigned,
     JobCreated,
@@ -334,7 +335,7 @@ class Hub:
                     nodes = True
                 case NodeRegistered():
                     nodes = dashboard = True
-                case UsageReported(job_id=None):
+                case UsageReported(job_id=None) | HistoryArchived():
                     pass
                 case (
                     JobCreated()

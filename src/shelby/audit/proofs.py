@@ -18,7 +18,7 @@ from shelby.events.merkle import (
     keys_for_root,
     root,
 )
-from shelby.events.store import EventStore
+from shelby.events.store import ArchiveUnavailable, EventStore
 
 __all__ = [
     "ConsistencyProof",
@@ -105,10 +105,14 @@ async def inclusion(store: EventStore, seq: int, tree_size: int | None = None) -
 
 
 async def _event_hash(store: EventStore, seq: int) -> bytes:
-    row = await store.fetchone("SELECT hash FROM events WHERE seq = ?", (seq,))
-    if row is None:
+    """From the log, or from the segment the event was archived to."""
+    try:
+        rows = await store.read_raw(seq - 1, 1)
+    except ArchiveUnavailable as exc:
+        raise OutOfRange(f"event {seq} was archived and cannot be read: {exc}") from None
+    if not rows or rows[0][0] != seq:
         raise OutOfRange(f"there is no event {seq}")
-    return bytes.fromhex(row[0])
+    return bytes.fromhex(rows[0][7])
 
 
 async def consistency(store: EventStore, first: int, second: int | None = None) -> ConsistencyProof:

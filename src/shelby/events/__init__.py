@@ -2,6 +2,7 @@
 
 from shelby.events.codec import GENESIS_HASH, chain_hash, decode_event, encode_data, envelope_bytes
 from shelby.events.store import (
+    ArchiveUnavailable,
     ConcurrencyError,
     EventStore,
     Head,
@@ -16,6 +17,7 @@ from shelby.events.types import __all__ as _types_all
 
 __all__ = [
     "GENESIS_HASH",
+    "ArchiveUnavailable",
     "ConcurrencyError",
     "EventStore",
     "Head",

@@ -791,6 +791,17 @@ class PostgresEventStore:
             yield rows
             after = rows[-1][0]
 
+    async def read_raw(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        return await self.fetchall(
+            f"{SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+
+    async def read_raw_stream(self, stream: str) -> list[tuple[Any, ...]]:
+        return await self.fetchall(f"{SELECT_EVENTS} WHERE stream = ? ORDER BY version", (stream,))
+
+    async def check_archive(self) -> list[tuple[int, str]]:
+        return []  # retention is SQLite-only: a PostgreSQL log archives nothing
+
     async def head(self) -> Head:
         row = await self.fetchone("SELECT seq, hash FROM event_head WHERE id = 1")
         return Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)

@@ -29,7 +29,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
@@ -43,9 +43,27 @@ from shelby.events._append import (
     remember_versions,
     row_to_recorded,
 )
+from shelby.events._sqlite_schema import (
+    ARCHIVE_PENDING,
+    EVENTS_NO_DELETE,
+    EVENTS_NO_UPDATE,
+    EVENTS_TABLE,
+    INSERT_EVENT,
+    SELECT_EVENTS,
+)
+from shelby.events.archive import (
+    ARCHIVE_LIMIT,
+    ArchivePlan,
+    UnionReader,
+    archive_dir,
+    check_entries,
+    plan_archive,
+)
 from shelby.events.codec import GENESIS_HASH
 from shelby.events.merkle import Frontier, NodeKey
+from shelby.events.segments import digest_of
 from shelby.events.store import (
+    ArchiveUnavailable,
     ConcurrencyError,
     Head,
     Listener,
@@ -56,29 +74,20 @@ from shelby.events.store import (
     StoreUnavailable,
     project,
 )
-from shelby.events.types import Event
+from shelby.events.types import ARCHIVE_STREAM, Event, HistoryArchived
 from shelby.events.wal import WalCheckpointer
 
 __all__ = ["SQLiteEventStore"]
 
+T = TypeVar("T")
+
 log = structlog.get_logger(__name__)
 
 EVENTS_DDL = [
-    """CREATE TABLE IF NOT EXISTS events (
-        seq INTEGER PRIMARY KEY,
-        stream TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        type TEXT NOT NULL,
-        timestamp DOUBLE PRECISION NOT NULL,
-        data TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        UNIQUE (stream, version)
-    )""",
-    """CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
-       BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
-       BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END""",
+    EVENTS_TABLE,
+    EVENTS_NO_UPDATE,
+    ARCHIVE_PENDING,
+    EVENTS_NO_DELETE,
     # The Merkle tree's perfect subtrees (events/merkle.py), kept with the log.
     """CREATE TABLE IF NOT EXISTS merkle_nodes (
         level INTEGER NOT NULL,
@@ -94,11 +103,6 @@ EVENTS_DDL = [
 ]
 
 INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
-INSERT_EVENT = (
-    "INSERT INTO events (seq, stream, version, type, timestamp, data, prev_hash, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-SELECT_EVENTS = "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
 
 NO_OP_WRITE = "UPDATE projection_positions SET seq = seq"
 """Changes nothing, yet needs a writable file and room in the WAL for its page."""
@@ -148,6 +152,7 @@ class SQLiteEventStore:
         self._closed = False
         self.write_faults = WriteFaults()
         self._disk_full = False  # the standing fault is SQLITE_FULL
+        self._archiving = asyncio.Lock()  # one archive run at a time
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -181,8 +186,10 @@ class SQLiteEventStore:
             conn.execute("PRAGMA synchronous = FULL")
             self._wal.attach(conn)
             conn.execute("BEGIN IMMEDIATE")
+            _replace_old_delete_trigger(conn)
             for ddl in EVENTS_DDL:
                 conn.execute(ddl)
+            conn.execute("DELETE FROM archive_pending")  # empty between transactions anyway
             # SQLite opens a file it may not write read-only, and says so only at
             # the first write: make that now, not at a caller's append.
             conn.execute(NO_OP_WRITE)
@@ -492,6 +499,96 @@ class SQLiteEventStore:
     def _project(self, recs: list[Recorded]) -> list[Statement]:
         return project(self.projections, recs)
 
+    # --- archiving ----------------------------------------------------------------------
+
+    @property
+    def archive_dir(self) -> Path:
+        return archive_dir(self.path)
+
+    async def archive(
+        self, *, before: float, now: float, limit: int = ARCHIVE_LIMIT
+    ) -> Recorded | None:
+        """Move up to ``limit`` heartbeats and log batches older than ``before`` to a new
+        segment (``events.archive``); the ``HistoryArchived`` event appended, or
+        ``None`` when there was nothing to move."""
+        async with self._archiving:
+            plan = await self.plan_archive(before=before, now=now, limit=limit)
+            if plan is None:
+                return None
+            return await self.commit_archive(plan, now=now)
+
+    async def plan_archive(
+        self, *, before: float, now: float, limit: int = ARCHIVE_LIMIT
+    ) -> ArchivePlan | None:
+        """Step one: the segment written and fsynced; the log is only read."""
+
+        return await self._on_own_connection(
+            lambda conn: plan_archive(conn, self.archive_dir, before=before, now=now, limit=limit)
+        )
+
+    async def commit_archive(self, plan: ArchivePlan, *, now: float) -> Recorded:
+        """Step two, through the writer like any append: ``HistoryArchived`` appended
+        and the segment's rows deleted, in one transaction."""
+        p = pending(ARCHIVE_STREAM, [plan.event], plan.expected_version, now)
+        loop = asyncio.get_running_loop()
+        recs = await loop.run_in_executor(self._executor, self._write_archive, p, plan.seqs)
+        self._publish(recs)
+        return recs[0]
+
+    def _write_archive(self, p: Pending, seqs: list[int]) -> list[Recorded]:
+        try:
+            conn = self._writer()
+        except sqlite3.Error as exc:
+            if not _is_fault(exc):
+                raise
+            raise self._fault(exc) from exc
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._check_head(conn)
+            versions: dict[str, int] = {}
+            (staged,) = self._stage(conn, [p], self._head, versions)
+            if isinstance(staged, BaseException):
+                raise staged
+            tree = self._tree.copy()
+            self._insert(conn, staged, tree)
+            # The rows leaving must be the segment's, hash for hash: the delete trigger
+            # lets go of the seqs listed here, and only while HistoryArchived is newest.
+            conn.executemany("INSERT INTO archive_pending (seq) VALUES (?)", [(s,) for s in seqs])
+            hashes = conn.execute(
+                "SELECT e.hash FROM archive_pending AS a JOIN events AS e ON e.seq = a.seq"
+                " ORDER BY a.seq"
+            ).fetchall()
+            event = staged[0].event
+            assert isinstance(event, HistoryArchived)
+            if len(hashes) != len(seqs) or digest_of(h for (h,) in hashes) != event.digest:
+                raise StoreError("the log's rows are not the segment's; nothing was archived")
+            conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM archive_pending)")
+            conn.execute("DELETE FROM archive_pending")
+            head = Head(staged[-1].seq, staged[-1].hash)
+            conn.execute("UPDATE projection_positions SET seq = ?", (head.seq,))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._head = Head(-1, "")  # reloaded by the next batch, as after any failure
+            if isinstance(exc, StoreError):
+                raise
+            if _is_fault(exc):
+                err = self._fault(exc)
+                if _breaks_connection(exc):
+                    self._drop_writer()
+                raise err from exc
+            raise StoreError(f"archiving failed: {exc}") from exc
+        self.write_faults.succeeded()
+        self._head = head
+        self._tree = tree
+        remember_versions(self._versions, versions)
+        self._wal.committed(conn)
+        return staged
+
+    async def check_archive(self) -> list[tuple[int, str]]:
+        return await self._on_own_connection(lambda conn: check_entries(conn, self.archive_dir))
+
     # --- subscribers --------------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -541,27 +638,73 @@ class SQLiteEventStore:
         return [row_to_recorded(r) for r in rows]
 
     async def iter_raw(self, after: int = 0) -> AsyncIterator[list[tuple[Any, ...]]]:
-        # A connection of its own, whose text survives bytes that are not UTF-8 (a
-        # tampered file): they come back as lone surrogates, and verify names the row.
-        conn = await aiosqlite.connect(self.path)
-        conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+        conn = await asyncio.to_thread(self._connect_reader)
+        reader = UnionReader(conn, self.archive_dir)
         try:
-            while True:
-                rows = cast(
-                    list[tuple[Any, ...]],
-                    await conn.execute_fetchall(
-                        f"{SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (after, REBUILD_CHUNK),
-                    ),
-                )
-                if not rows:
-                    return
-                yield rows
-                after = rows[-1][0]
+            head = await asyncio.to_thread(reader.head)
+            while after < head:
+                high = min(after + REBUILD_CHUNK, head)
+                yield await asyncio.to_thread(reader.window, after, high)
+                after = high
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"the event store cannot be read: {exc}") from exc
         finally:
-            await conn.close()
+            reader.close()
+            conn.close()
+
+    async def read_raw(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        head = (await self.head()).seq
+        high = min(after + limit, head)
+        if high <= after:
+            return []
+        rows = await self.fetchall(
+            f"{SELECT_EVENTS} WHERE seq > ? AND seq <= ? ORDER BY seq", (after, high)
+        )
+        if len(rows) == high - after:
+            return rows
+        return await self._read_union(lambda reader: reader.window(after, high))
+
+    async def read_raw_stream(self, stream: str) -> list[tuple[Any, ...]]:
+        rows = await self.fetchall(f"{SELECT_EVENTS} WHERE stream = ? ORDER BY version", (stream,))
+        if not rows or rows[-1][2] == len(rows):
+            return rows
+        return await self._read_union(lambda reader: reader.stream(stream))
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        """A connection of its own, apart from the writer's and the readers'. Its text
+        survives bytes that are not UTF-8 (a tampered file): they come back as lone
+        surrogates, and verify names the row."""
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        conn.execute("PRAGMA query_only = 1")
+        conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+        return conn
+
+    async def _on_own_connection(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in a thread of its own, on a connection of its own."""
+
+        def run() -> T:
+            conn = self._connect_reader()
+            try:
+                return work(conn)
+            finally:
+                conn.close()
+
+        try:
+            return await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the event store cannot be read: {exc}") from exc
+
+    async def _read_union(
+        self, read: Callable[[UnionReader], list[tuple[Any, ...]]]
+    ) -> list[tuple[Any, ...]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            reader = UnionReader(conn, self.archive_dir)
+            try:
+                return read(reader)
+            finally:
+                reader.close()
+
+        return await self._on_own_connection(work)
 
     async def head(self) -> Head:
         row = await self.fetchone("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
@@ -620,6 +763,11 @@ class SQLiteEventStore:
         loop = asyncio.get_running_loop()
 
         def run() -> int:
+            # Refuse before dropping anything: a replay without every segment would
+            # rebuild views that the live ones are not.
+            problems = check_entries(self._writer(), self.archive_dir)
+            if problems:
+                raise ArchiveUnavailable("; ".join(reason for _, reason in problems))
             self._reset(self.projections)
             return self._replay(self.projections, 0, progress)
 
@@ -653,16 +801,14 @@ class SQLiteEventStore:
         applied = 0
         names = [p.name for p in projs]
         marks = ",".join("?" * len(names))
-        reader = sqlite3.connect(self.path)  # a cursor of its own, apart from the writes
+        own = self._connect_reader()  # a cursor of its own, apart from the writes
+        reader = UnionReader(own, self.archive_dir)
         try:
-            while True:
-                rows = reader.execute(
-                    f"{SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (after, REBUILD_CHUNK)
-                ).fetchall()
-                if not rows:
-                    break
+            while after < total:
+                high = min(after + REBUILD_CHUNK, total)
+                rows = reader.window(after, high)
                 statements = project(projs, [row_to_recorded(row) for row in rows])
-                after = rows[-1][0]
+                after = high
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     run_statements(conn, statements)
@@ -680,6 +826,7 @@ class SQLiteEventStore:
                     progress(applied, total)
         finally:
             reader.close()
+            own.close()
         return applied
 
 
@@ -700,6 +847,15 @@ _KEEPS_CONNECTION = frozenset({"SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "S
 def _breaks_connection(exc: BaseException) -> bool:
     name = getattr(exc, "sqlite_errorname", None) or ""
     return "_".join(name.split("_")[:2]) not in _KEEPS_CONNECTION
+
+
+def _replace_old_delete_trigger(conn: sqlite3.Connection) -> None:
+    """A log made before retention has a delete trigger that refuses even archiving."""
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_delete'"
+    ).fetchone()
+    if row is not None and "archive_pending" not in row[0]:
+        conn.execute("DROP TRIGGER events_no_delete")
 
 
 def _fail(batch: list[Pending], reason: str) -> None:

@@ -11,6 +11,7 @@ from shelby.events.merkle import NodeKey
 from shelby.events.types import Event
 
 __all__ = [
+    "ArchiveUnavailable",
     "ConcurrencyError",
     "EventStore",
     "Head",
@@ -59,6 +60,12 @@ class ConcurrencyError(StoreError):
 class StoreUnavailable(StoreError):
     """The database cannot take writes (or reads) right now: disk full, read-only,
     unreachable. Nothing of the failed append was kept."""
+
+
+class ArchiveUnavailable(StoreError):
+    """Events the log moved to an archive segment cannot be read: the segment is
+    missing, unreadable, or not the one its ``HistoryArchived`` event names. The
+    message says which events and which file."""
 
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -153,7 +160,22 @@ class EventStore(Protocol):
 
     def iter_raw(self, after: int = 0) -> AsyncIterator[list[tuple[Any, ...]]]:
         """Batches of raw rows ``(seq, stream, version, type, timestamp, data,
-        prev_hash, hash)`` in log order, for verify and rebuild."""
+        prev_hash, hash)`` in log order up to the head, for verify and rebuild; archived
+        rows included (raises ``ArchiveUnavailable`` when they cannot be read)."""
+        ...
+
+    async def read_raw(self, after: int, limit: int) -> list[tuple[Any, ...]]:
+        """Raw rows with ``seq`` greater than ``after``, at most ``limit``, in log
+        order, archived rows included: what an auditor reads."""
+        ...
+
+    async def read_raw_stream(self, stream: str) -> list[tuple[Any, ...]]:
+        """Every raw row of one stream in version order, archived rows included."""
+        ...
+
+    async def check_archive(self) -> list[tuple[int, str]]:
+        """What does not hold of the archive segments the log's ``HistoryArchived``
+        events list, as ``(seq, reason)``: missing, changed or mismatched files."""
         ...
 
     async def head(self) -> Head: ...

@@ -13,9 +13,11 @@ import msgspec
 
 __all__ = [
     "ADMIN",
+    "ARCHIVE_STREAM",
     "EVENT_TYPES",
     "SYSTEM",
     "Event",
+    "HistoryArchived",
     "JobAcked",
     "JobAssigned",
     "JobCreated",
@@ -214,6 +216,33 @@ class JobDeleted(Event, frozen=True, kw_only=True):
     job_id: str
 
 
+# --- the log itself ----------------------------------------------------------------
+
+ARCHIVE_STREAM = "system-archive"
+
+
+class HistoryArchived(Event, frozen=True, kw_only=True):
+    """Old heartbeats and log lines moved, byte for byte, out of the log into the
+    segment file ``segment`` (in ``archive/`` beside the SQLite file), in the transaction
+    that appends this event (README, "Retention and archives").
+
+    The rows moved are exactly those of the types ``NodeHeartbeat`` and
+    ``LogLinesAppended`` with ``seq <= through_seq`` and ``timestamp < before`` that
+    have a later event of the same type in their stream at or before ``through_seq``:
+    each stream keeps its newest, so folding what stays gives the state folding all
+    gives. ``digest`` is SHA-256 over the moved rows' 32-byte hashes in ``seq`` order;
+    ``file_hash`` the SHA-256 of the segment file's bytes."""
+
+    segment: str
+    first_seq: int
+    last_seq: int
+    count: int
+    digest: str
+    file_hash: str
+    before: float
+    through_seq: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -232,6 +261,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobRestarted,
         JobDeleted,
         JobReleased,
+        HistoryArchived,
     )
 }
 
@@ -244,7 +274,7 @@ def actor_of(event: Event) -> str:
     """Who caused an event: ``admin``, a node id, or ``system`` for the server's own
     reactions (lease expiry, timeouts)."""
     match event:
-        case LeaseExpired() | JobTimedOut():
+        case LeaseExpired() | JobTimedOut() | HistoryArchived():
             return SYSTEM
         case JobFailed(by_server=True):
             return SYSTEM

@@ -3,7 +3,8 @@
 One row per ``LogLinesAppended`` rather than one per line: agents send lines in
 batches, a batch is written and read whole, and a job's log of a million lines is a
 few thousand rows. A read seeks to the batch holding its first offset and decodes
-only the batches it returns.
+only the batches it returns. Batches that retention archived leave the table, and
+``log_archived`` says, per attempt, which offsets went to which segment.
 """
 
 from __future__ import annotations
@@ -14,20 +15,30 @@ from typing import Any
 import msgspec
 
 from shelby.events.store import EventStore, Recorded
-from shelby.events.types import JobDeleted, LogLine, LogLinesAppended
+from shelby.events.types import HistoryArchived, JobDeleted, LogLine, LogLinesAppended
 from shelby.projections._sql import Statement, event_names, to_json
 
-__all__ = ["LogsProjection", "read_lines"]
+__all__ = ["LogsProjection", "read_archived", "read_lines"]
 
 _decode_lines = msgspec.json.Decoder(list[LogLine]).decode
 _PAGE = 64  # batches fetched at a time while collecting lines
 
 
+# The batches a HistoryArchived event moved out (its rule, in ``events.archive``, over
+# this table): older than ``before``, with a later batch of the same job at or before
+# ``through_seq``. Parameters: through_seq, before.
+_ARCHIVED = (
+    " FROM log_batches AS b JOIN (SELECT job_id, max(seq) AS newest FROM log_batches"
+    " WHERE seq <= ? GROUP BY job_id) AS n ON n.job_id = b.job_id"
+    " WHERE b.seq < n.newest AND b.timestamp < ?"
+)
+
+
 class LogsProjection:
     name = "logs"
-    version = 3  # 3: one row per batch
-    handles = event_names(LogLinesAppended, JobDeleted)
-    tables = ("log_batches",)
+    version = 4  # 4: each batch's seq and time, and where archived batches went
+    handles = event_names(LogLinesAppended, JobDeleted, HistoryArchived)
+    tables = ("log_batches", "log_archived")
     ddl = (
         "DROP TABLE IF EXISTS log_lines",  # version 2 kept a row per line
         """CREATE TABLE IF NOT EXISTS log_batches (
@@ -35,8 +46,20 @@ class LogsProjection:
             attempt INTEGER NOT NULL,
             first_offset BIGINT NOT NULL,
             last_offset BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            timestamp DOUBLE PRECISION NOT NULL,
             lines TEXT NOT NULL,
             PRIMARY KEY (job_id, attempt, first_offset)
+        ) WITHOUT ROWID""",
+        # Lines that retention moved to a segment: where to find them, per attempt.
+        """CREATE TABLE IF NOT EXISTS log_archived (
+            job_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            segment TEXT NOT NULL,
+            first_offset BIGINT NOT NULL,
+            last_offset BIGINT NOT NULL,
+            lines BIGINT NOT NULL,
+            PRIMARY KEY (job_id, attempt, segment)
         ) WITHOUT ROWID""",
     )
 
@@ -47,20 +70,54 @@ class LogsProjection:
                 return [
                     (
                         "INSERT INTO log_batches (job_id, attempt, first_offset, last_offset,"
-                        " lines) VALUES (?, ?, ?, ?, ?)",
+                        " seq, timestamp, lines) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (
                             e.job_id,
                             e.attempt,
                             e.offset,
                             e.offset + len(e.lines) - 1,
+                            rec.seq,
+                            rec.timestamp,
                             to_json(e.lines),
                         ),
                     )
                 ]
+            case HistoryArchived():
+                return [
+                    (
+                        "INSERT INTO log_archived (job_id, attempt, segment, first_offset,"
+                        " last_offset, lines) SELECT b.job_id, b.attempt, ?, min(b.first_offset),"
+                        " max(b.last_offset), sum(b.last_offset - b.first_offset + 1)"
+                        + _ARCHIVED
+                        + " GROUP BY b.job_id, b.attempt",
+                        (e.segment, e.through_seq, e.before),
+                    ),
+                    (
+                        "DELETE FROM log_batches WHERE (job_id, attempt, first_offset) IN"
+                        " (SELECT b.job_id, b.attempt, b.first_offset" + _ARCHIVED + ")",
+                        (e.through_seq, e.before),
+                    ),
+                ]
             case JobDeleted():
-                return [("DELETE FROM log_batches WHERE job_id = ?", (e.job_id,))]
+                return [
+                    ("DELETE FROM log_batches WHERE job_id = ?", (e.job_id,)),
+                    ("DELETE FROM log_archived WHERE job_id = ?", (e.job_id,)),
+                ]
             case _:
                 raise TypeError(f"{self.name} does not handle {rec.type}")
+
+
+async def read_archived(
+    store: EventStore, job_id: str, attempt: int
+) -> list[tuple[str, int, int, int]]:
+    """``(segment, first offset, last offset, lines)`` for each segment holding lines of
+    the attempt, oldest lines first."""
+    rows = await store.fetchall(
+        "SELECT segment, first_offset, last_offset, lines FROM log_archived"
+        " WHERE job_id = ? AND attempt = ? ORDER BY first_offset",
+        (job_id, attempt),
+    )
+    return [(segment, first, last, n) for segment, first, last, n in rows]
 
 
 def _lines(rows: list[tuple[Any, ...]]) -> Iterator[tuple[int, LogLine]]:
