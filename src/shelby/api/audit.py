@@ -1,7 +1,8 @@
 """The raw log for auditors: rows of the ``events`` table as stored, with their hashes.
 
 These read the log itself, not a projection: an audit must not trust derived data,
-and a deleted job's history is only there.
+and a deleted job's history is only there. Events retention archived are read from
+their segments, so the answers are the whole log, as if nothing had moved.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from shelby.api.auth import Access
 from shelby.api.endpoint import Call, Endpoint
 from shelby.api.errors import ApiError
 from shelby.api.schemas import AuditEvent, AuditEvents, AuditQuery
-from shelby.events.store import EventStore
+from shelby.events.store import ArchiveUnavailable, EventStore
 from shelby.events.types import job_stream
 
 __all__ = ["ENDPOINTS", "job_rows"]
-
-_SELECT = "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
 
 
 def _events(rows: list[tuple[Any, ...]]) -> AuditEvents:
@@ -42,17 +41,20 @@ def _events(rows: list[tuple[Any, ...]]) -> AuditEvents:
 
 async def audit_log(call: Call) -> AuditEvents:
     q: AuditQuery = call.query
-    rows = await call.service.store.fetchall(
-        f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (q.after, q.limit)
-    )
+    try:
+        rows = await call.service.store.read_raw(q.after, q.limit)
+    except ArchiveUnavailable as exc:
+        raise ApiError(404, f"archived events cannot be read: {exc}") from None
     return _events(rows)
 
 
 async def job_rows(store: EventStore, job_id: str) -> list[tuple[Any, ...]]:
-    """One job's raw rows, in stream order, deleted or not; 404 when it never existed."""
-    rows = await store.fetchall(
-        f"{_SELECT} WHERE stream = ? ORDER BY version", (job_stream(job_id),)
-    )
+    """One job's raw rows, in stream order, deleted or not, archived or not; 404 when
+    it never existed, or when rows it archived cannot be read (naming the segment)."""
+    try:
+        rows = await store.read_raw_stream(job_stream(job_id))
+    except ArchiveUnavailable as exc:
+        raise ApiError(404, f"archived events of job {job_id!r} cannot be read: {exc}") from None
     if not rows:
         raise ApiError(404, f"job {job_id!r} has no events")
     return rows
@@ -71,7 +73,7 @@ ENDPOINTS = [
         audit_log,
         AuditEvents,
         query=AuditQuery,
-        errors=(401, 403, 422),
+        errors=(401, 403, 404, 422),
         tag="audit",
     ),
     Endpoint(

@@ -106,7 +106,10 @@ async def job_logs(call: Call) -> LogsResponse:
     lines = await views.log_lines_view(
         call.service.store, job_id, attempt, limit=q.limit, after=q.after
     )
-    return LogsResponse(job_id=job_id, attempt=attempt, logs=lines, count=len(lines))
+    archived = await views.archived_lines_view(call.service.store, job_id, attempt)
+    return LogsResponse(
+        job_id=job_id, attempt=attempt, logs=lines, count=len(lines), archived=archived
+    )
 
 
 async def create_job(call: Call) -> views.JobView:

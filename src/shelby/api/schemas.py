@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from shelby.api.views import JobView, LogLineView, NodeView
+from shelby.api.views import ArchivedLinesView, JobView, LogLineView, NodeView
 from shelby.scheduler import Assigned
 
 __all__ = [
@@ -164,6 +164,8 @@ class LogsResponse(_Wire, frozen=True):
     attempt: int
     logs: list[LogLineView]
     count: int
+    # Where lines of this attempt went that retention archived (empty: none did).
+    archived: list[ArchivedLinesView] = []
 
 
 # --- agents ---------------------------------------------------------------------------

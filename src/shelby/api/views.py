@@ -18,11 +18,12 @@ from shelby.events.store import EventStore, StoreUnavailable
 from shelby.events.types import Resources
 from shelby.projections._sql import from_json
 from shelby.projections.jobs import JOB_COLUMNS, STATUSES
-from shelby.projections.logs import read_lines
+from shelby.projections.logs import read_archived, read_lines
 
 __all__ = [
     "ActiveNode",
     "ActivityMinute",
+    "ArchivedLinesView",
     "Dashboard",
     "EventLogHead",
     "Health",
@@ -36,6 +37,7 @@ __all__ = [
     "UsageView",
     "active_nodes",
     "activity_view",
+    "archived_lines_view",
     "dashboard_view",
     "health_view",
     "job_detail_view",
@@ -99,6 +101,17 @@ class LogLineView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     stream: str
     attempt: int
     truncated: bool = False
+
+
+class ArchivedLinesView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Lines of an attempt that retention moved out of the log: offsets
+    ``firstOffset``..``lastOffset`` (``lines`` of them) are in the archive segment
+    ``segment``, beside the database file in ``archive/``."""
+
+    segment: str
+    first_offset: int
+    last_offset: int
+    lines: int
 
 
 class ProvenanceEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -371,6 +384,15 @@ async def log_lines_view(
             truncated=line.truncated,
         )
         for offset, line in await read_lines(store, job_id, attempt, limit=limit, after=after)
+    ]
+
+
+async def archived_lines_view(
+    store: EventStore, job_id: str, attempt: int
+) -> list[ArchivedLinesView]:
+    return [
+        ArchivedLinesView(segment=segment, first_offset=first, last_offset=last, lines=n)
+        for segment, first, last, n in await read_archived(store, job_id, attempt)
     ]
 
 

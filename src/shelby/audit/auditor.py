@@ -30,7 +30,7 @@ from shelby.audit.verification import (
     verify_consistency,
     verify_inclusion,
 )
-from shelby.events.store import EventStore
+from shelby.events.store import ArchiveUnavailable, EventStore
 from shelby.events.types import job_stream
 
 __all__ = [
@@ -320,19 +320,22 @@ class StoreSource:
         return head.size, head.root
 
     async def job_events(self, job_id: str) -> list[AuditEvent]:
-        recs = await self.store.read_stream(job_stream(job_id))
+        try:
+            rows = await self.store.read_raw_stream(job_stream(job_id))
+        except ArchiveUnavailable as exc:
+            raise AuditFailure(f"the job's archived events cannot be read: {exc}") from None
         return [
             AuditEvent(
-                seq=r.seq,
-                stream=r.stream,
-                version=r.version,
-                type=r.type,
-                timestamp=r.timestamp,
-                data=json.loads(r.data),
-                prev_hash=r.prev_hash,
-                hash=r.hash,
+                seq=seq,
+                stream=stream,
+                version=version,
+                type=type_,
+                timestamp=timestamp,
+                data=json.loads(data),
+                prev_hash=prev_hash,
+                hash=hash_,
             )
-            for r in recs
+            for seq, stream, version, type_, timestamp, data, prev_hash, hash_ in rows
         ]
 
     async def inclusion(self, seq: int, tree_size: int) -> list[bytes]:
