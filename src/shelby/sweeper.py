@@ -9,17 +9,14 @@ an attempt that moved on meanwhile appends nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import msgspec
 import structlog
 
 from shelby.clock import Clock
 from shelby.domain import JOBS, DomainError
 from shelby.domain.jobs import ExpireLease, TimeOutJob
-from shelby.events.store import StoreError
 from shelby.events.types import job_stream
+from shelby.periodic import Periodic
 from shelby.service import Service
 
 __all__ = ["LeaseSweeper", "Sweep"]
@@ -45,7 +42,7 @@ class LeaseSweeper:
         self.interval = interval or service.settings.effective_sweep_interval
         # After a restart every node looks silent: give them one lease to heartbeat.
         self.started_at = self.clock.now()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("lease-sweeper", "sweep", self.sweep_once, self.interval)
 
     async def sweep_once(self) -> Sweep:
         store = self.service.store
@@ -99,22 +96,8 @@ class LeaseSweeper:
             return False
         return bool(outcome.recorded)
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sweep_once()
-            except StoreError as exc:
-                log.warning("sweep skipped: store unavailable", error=str(exc))
-            except Exception:
-                log.exception("sweep failed")
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="lease-sweeper")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
