@@ -22,6 +22,7 @@ __all__ = [
     "data_dir_of",
     "ensure_tokens",
     "heartbeat_interval",
+    "is_database_url",
     "is_loopback",
     "parse_rate_limit",
     "parse_size",
@@ -51,6 +52,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_script_bytes: int = 8 << 20
     # An operator's Ed25519 key file (PEM); empty: one made in the data directory.
     signing_key: str = ""
+    # Heartbeats and log lines older than this many days move to archive segments
+    # (README, "Retention and archives"); 0: never. SQLite only.
+    retention_days: float = 0.0
+    # Seconds between archive runs while retention is on.
+    archive_interval: float = 3600.0
 
     @property
     def effective_sweep_interval(self) -> float:
@@ -88,6 +94,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["timeout_grace_seconds"] = float(env["SHELBY_TIMEOUT_GRACE_SECONDS"])
         if "SHELBY_SIGNING_KEY" in env:
             values["signing_key"] = env["SHELBY_SIGNING_KEY"]
+        if "SHELBY_RETENTION_DAYS" in env:
+            values["retention_days"] = float(env["SHELBY_RETENTION_DAYS"])
+        if "SHELBY_ARCHIVE_INTERVAL" in env:
+            values["archive_interval"] = float(env["SHELBY_ARCHIVE_INTERVAL"])
         values["admin_token"] = env.get("SHELBY_ADMIN_TOKEN", "")
         values["join_token"] = env.get("SHELBY_JOIN_TOKEN", "")
         values.update({k: v for k, v in flags.items() if v is not None and v != ()})
@@ -99,6 +109,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.lease_seconds <= 0:
             raise ValueError("the lease must be a positive number of seconds")
         parse_rate_limit(self.rate_limit)
+        if self.retention_days < 0:
+            raise ValueError("retention is a number of days, 0 for none")
+        if self.archive_interval <= 0:
+            raise ValueError("the archive interval must be a positive number of seconds")
+        if self.retention_days > 0 and is_database_url(self.db):
+            raise ValueError(
+                "retention is SQLite-only for now: a PostgreSQL log keeps all its history"
+            )
         if self.dev and not is_loopback(self.host):
             raise ValueError(
                 f"--dev turns credentials off: it binds loopback only, not {self.host}"
@@ -153,10 +171,15 @@ def parse_size(text: str) -> int:
     return size
 
 
+def is_database_url(db: str) -> bool:
+    """A server's URL (PostgreSQL) rather than a SQLite file."""
+    return "://" in db and not db.startswith("sqlite:///")
+
+
 def data_dir_of(db: str) -> Path:
     """Where the server keeps its files: beside the SQLite file, or ``./shelby-data``
     for a database URL."""
-    if "://" in db and not db.startswith("sqlite:///"):
+    if is_database_url(db):
         return Path("./shelby-data")
     return Path(db.removeprefix("sqlite:///")).parent
 

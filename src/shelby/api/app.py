@@ -23,6 +23,7 @@ from shelby.api.middleware import RequestLogMiddleware
 from shelby.api.ratelimit import RateLimit
 from shelby.clock import Clock
 from shelby.events.store import EventStore
+from shelby.retention import Retention
 from shelby.scheduler import Scheduler
 from shelby.service import Service
 from shelby.settings import Settings, parse_rate_limit
@@ -98,6 +99,7 @@ def create_app(
     service = Service(settings, store=store, clock=clock)
     metrics = Metrics()
     sweeper = LeaseSweeper(service)
+    retention = Retention(service) if settings.retention_days > 0 else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -105,9 +107,13 @@ def create_app(
         transparency.signing_key(service)  # made at first start, not at first use
         unsubscribe = service.store.subscribe(metrics.on_committed)
         sweeper.start()
+        if retention is not None:
+            retention.start()
         try:
             yield
         finally:
+            if retention is not None:
+                await retention.stop()
             await sweeper.stop()
             unsubscribe()
             await service.close()
@@ -139,6 +145,7 @@ def create_app(
     app.state.service = service
     app.state.scheduler = Scheduler(service)
     app.state.sweeper = sweeper
+    app.state.retention = retention
     app.state.metrics = metrics
     app.state.rate_limit = RateLimit(parse_rate_limit(settings.rate_limit))
     app.state.endpoints = ENDPOINTS

@@ -153,6 +153,18 @@ def _announce(settings: Settings, admin_generated: bool) -> None:
     help="How long after a job's timeout the server ends it [$SHELBY_TIMEOUT_GRACE_SECONDS; 30]",
 )
 @click.option("--signing-key", default=None, help="Ed25519 PEM key file [$SHELBY_SIGNING_KEY]")
+@click.option(
+    "--retention-days",
+    type=float,
+    default=None,
+    help="Archive heartbeats and log lines older than this [$SHELBY_RETENTION_DAYS; 0: never]",
+)
+@click.option(
+    "--archive-interval",
+    type=float,
+    default=None,
+    help="Seconds between archive runs [$SHELBY_ARCHIVE_INTERVAL; 3600]",
+)
 @click.option("--with-agent", is_flag=True, help="Also run one agent on this machine")
 def serve(
     db: str | None,
@@ -165,6 +177,8 @@ def serve(
     sweep_interval: float | None,
     timeout_grace_seconds: float | None,
     signing_key: str | None,
+    retention_days: float | None,
+    archive_interval: float | None,
     with_agent: bool,
 ) -> None:
     """Run the coordinator."""
@@ -186,6 +200,8 @@ def serve(
             sweep_interval=sweep_interval,
             timeout_grace_seconds=timeout_grace_seconds,
             signing_key=signing_key,
+            retention_days=retention_days,
+            archive_interval=archive_interval,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
