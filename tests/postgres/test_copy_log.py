@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
+from events._history import DAY, build_history
 from shelby.events.open import open_store
 from shelby.events.sqlite import SQLiteEventStore
 from shelby.projections import all_projections
@@ -60,6 +61,29 @@ async def test_copy_log_moves_the_whole_log_and_its_views(
     for key in ("events", "root", *TABLES):
         assert got[key] == expected[key], key
     assert (await store.head()).seq == len(events)
+
+
+async def test_copy_log_moves_archived_history_back_into_the_log(
+    pg_url: str, stores: StoreFactory, tmp_path: Path
+) -> None:
+    """A SQLite log that archived old history copies whole: the segments' rows land in
+    their places, and the views PostgreSQL rebuilds, archived lines included, are the
+    SQLite log's."""
+    source = tmp_path / "shelby.db"
+    clock = await build_history(source)
+    store = SQLiteEventStore(source, all_projections())
+    await store.open()
+    try:
+        assert await store.archive(before=clock.now() - 7 * DAY, now=clock.now())
+        expected = await contents(store)
+    finally:
+        await store.close()
+    done = shelby("copy-log", "--from", str(source), "--to", pg_url)
+    assert done.returncode == 0, done.stderr
+    got = await contents(await stores())
+    for key in ("events", "root", *TABLES):
+        assert got[key] == expected[key], key
+    assert expected["log_archived"]
 
 
 async def test_copy_log_refuses_a_destination_that_has_a_log(

@@ -37,6 +37,7 @@ TABLES = {
     "scripts": "job_id",
     "nodes": "node_id",
     "log_batches": "job_id, attempt, first_offset",
+    "log_archived": "job_id, attempt, segment",
     "provenance": "job_id, seq",
     "usage": "subject",
     "job_activity": "minute",

@@ -8,12 +8,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from shelby.events.archive import UnionReader, archive_dir
 from shelby.events.open import is_postgres_url
 from shelby.events.postgres import PostgresEventStore
 from shelby.events.store import StoreError
@@ -30,10 +32,6 @@ class ChainBroken(StoreError):
 
 
 CHUNK = 20_000
-SELECT_ROWS = (
-    "SELECT seq, stream, version, type, timestamp, data, prev_hash, hash FROM events"
-    " WHERE seq > ? ORDER BY seq LIMIT ?"
-)
 
 
 def _open_source(path: str) -> sqlite3.Connection:
@@ -45,17 +43,20 @@ def _open_source(path: str) -> sqlite3.Connection:
     )
 
 
-async def _source_rows(conn: sqlite3.Connection) -> AsyncIterator[list[tuple[Any, ...]]]:
-    def chunk(after: int) -> list[tuple[Any, ...]]:
-        return conn.execute(SELECT_ROWS, (after, CHUNK)).fetchall()
-
-    after = 0
-    while True:
-        rows = await asyncio.to_thread(chunk, after)
-        if not rows:
-            return
-        yield rows
-        after = rows[-1][0]
+async def _source_rows(
+    conn: sqlite3.Connection, archive: Path
+) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """The whole log, archived events read from their segments in their places."""
+    reader = UnionReader(conn, archive)
+    try:
+        head = await asyncio.to_thread(reader.head)
+        after = 0
+        while after < head:
+            high = min(after + CHUNK, head)
+            yield await asyncio.to_thread(reader.window, after, high)
+            after = high
+    finally:
+        reader.close()
 
 
 def _bar() -> Progress:
@@ -68,10 +69,11 @@ def _bar() -> Progress:
 
 
 async def copy_log(source: str, destination: str, bar: Progress | None = None) -> Verdict:
-    """Copy every row of the SQLite log at ``source`` verbatim into the empty
-    PostgreSQL log at ``destination``, checking the chain on the way in (a broken
-    source copies nothing), verify the chain as the destination now holds it, and
-    rebuild the destination's projections from it. Returns the destination's verdict."""
+    """Copy every row of the SQLite log at ``source`` (archived rows included, read
+    from their segments) verbatim into the empty PostgreSQL log at ``destination``,
+    checking the chain on the way in (a broken source copies nothing), verify the chain
+    as the destination now holds it, and rebuild the destination's projections from
+    it. Returns the destination's verdict."""
     src = _open_source(source)
     dst = PostgresEventStore(destination, all_projections())
     try:
@@ -93,7 +95,7 @@ async def copy_log(source: str, destination: str, bar: Progress | None = None) -
                 if bar is not None and task is not None:
                     bar.update(task, completed=n)
 
-            await dst.import_log(_source_rows(src), check, copied)
+            await dst.import_log(_source_rows(src, archive_dir(Path(source))), check, copied)
             vtask = bar.add_task("verifying", total=total) if bar else None
             verdict = await verify_store(
                 dst, lambda n: bar.update(vtask, completed=n) if bar and vtask is not None else None
