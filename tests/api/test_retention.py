@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
+from cli._logfile import dump, rebuild, verify
 from conftest import ServerFactory, ServerProcess, wait_for
 from events._history import DAY, build_history
-from projections.test_replay import dump
 from shelby.audit.verification import leaf_hash, verify_inclusion
 
 from ._flow import register
@@ -141,12 +141,6 @@ def test_a_server_with_retention_archives_while_serving_and_the_log_stays_whole(
         node.close()
         server.stop()
     live_views = dump(server.db)
-    for command in (["verify"], ["rebuild"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "shelby", *command, "--db", str(server.db)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    for done in (verify(server.db), rebuild(server.db)):
         assert done.returncode == 0, done.stderr
     assert dump(server.db) == live_views

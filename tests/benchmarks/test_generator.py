@@ -30,7 +30,8 @@ def test_generated_log_verifies_and_rebuilds_equal(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         types = {t for (t,) in conn.execute("SELECT DISTINCT type FROM events")}
-        assert types == set(EVENT_TYPES)
+        # Every type but retention's own, which the generator leaves off.
+        assert types == set(EVENT_TYPES) - {"HistoryArchived"}
         (backwards,) = conn.execute(
             "SELECT count(*) FROM events a JOIN events b ON b.seq = a.seq + 1"
             " WHERE b.timestamp < a.timestamp"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from events._history import DAY, build_history
-from projections.test_replay import dump
 from shelby.cli._lock import hold_log
 
+from ._logfile import dump, rebuild, verify
 from .test_log_lock import _shelby
 
 
@@ -59,7 +59,7 @@ def test_verify_passes_across_the_segment_and_checks_it_alone(copy: tuple[Path, 
     """verify walks every event; ``--segment`` checks the file alone, and against the
     log: its hash, digest and every Merkle leaf."""
     path, segment = copy
-    whole = _shelby("verify", "--db", str(path))
+    whole = verify(path)
     assert whole.returncode == 0, whole.stderr
     assert "archive segments)" in whole.stdout
     alone = _shelby("verify", "--segment", str(segment))
@@ -87,14 +87,14 @@ def test_rebuild_replays_the_segment_and_refuses_without_it(copy: tuple[Path, Pa
     the missing file and rebuild refuses before dropping anything."""
     path, segment = copy
     live = dump(path)
-    done = _shelby("rebuild", "--db", str(path))
+    done = rebuild(path)
     assert done.returncode == 0, done.stderr
     assert dump(path) == live
     segment.unlink()
-    whole = _shelby("verify", "--db", str(path))
+    whole = verify(path)
     assert whole.returncode == 1
     assert f"{segment.name}" in whole.stderr and "which is missing" in whole.stderr
-    refused = _shelby("rebuild", "--db", str(path))
+    refused = rebuild(path)
     assert refused.returncode == 1
     assert "nothing was rebuilt" in refused.stderr and segment.name in refused.stderr
     assert dump(path) == live

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from projections.test_replay import dump
+from cli._logfile import dump
 from shelby.audit import proofs
 from shelby.audit.verification import leaf_hash, verify_inclusion
 from shelby.clock import ManualClock
