@@ -137,6 +137,17 @@ def test_a_server_with_retention_archives_while_serving_and_the_log_stays_whole(
         )
         assert audited.returncode == 0, audited.stderr
         assert f"ok: job old-a: {len(job)} events" in audited.stdout
+        printed = subprocess.run(
+            [sys.executable, "-m", "shelby", "logs", "old-a", "--server", server.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "SHELBY_ADMIN_TOKEN": server.admin_token},
+        )
+        assert printed.returncode == 0, printed.stderr
+        segment = logs["archived"][0]["segment"]
+        assert f"lines 0..14 of attempt 1 were archived to {segment}" in printed.stderr
+        assert "old-a step 5.2" in printed.stdout and "old-a step 4.2" not in printed.stdout
     finally:
         node.close()
         server.stop()

@@ -274,6 +274,12 @@ def logs(
         if attempt is not None:
             params["attempt"] = attempt
         answer = api.call("GET", f"/api/frontend/logs/{job_id}", params=params)
+        for part in answer.get("archived", []):
+            err.print(
+                f"lines {part['firstOffset']}..{part['lastOffset']} of attempt"
+                f" {answer['attempt']} were archived to {part['segment']} (beside the log)",
+                style="dim",
+            )
         _print_lines(answer["logs"])
         if not follow:
             return
