@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from cli._logfile import dump, rebuild, verify
 from conftest import ServerFactory, ServerProcess, wait_for
 from events._history import DAY, build_history
 from shelby.audit.verification import leaf_hash, verify_inclusion
+from shelby.settings import Settings
 
 from ._flow import register
 
@@ -155,3 +157,12 @@ def test_a_server_with_retention_archives_while_serving_and_the_log_stays_whole(
     for done in (verify(server.db), rebuild(server.db)):
         assert done.returncode == 0, done.stderr
     assert dump(server.db) == live_views
+
+
+def test_retention_is_refused_with_postgresql() -> None:
+    """A PostgreSQL log keeps all its history: asking it to archive stops the start."""
+    env = {"SHELBY_DB": "postgresql://127.0.0.1/test", "SHELBY_RETENTION_DAYS": "7"}
+    with pytest.raises(ValueError, match="retention is SQLite-only"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "SHELBY_RETENTION_DAYS": "0"}).retention_days == 0
+    assert Settings.from_env({"SHELBY_RETENTION_DAYS": "7"}).retention_days == 7
