@@ -19,6 +19,9 @@ Killing is done by freezing first: every descendant is sent SIGSTOP until a scan
 ``/proc`` finds no new one, then all get SIGKILL, so that a fork loop cannot outrun
 the sweep.
 
+Elsewhere than Linux (no subreaper, no ``/proc``) it falls back to the job's process
+group, which a process that calls ``setsid`` leaves.
+
 This file imports only the standard library and nothing of Shelby: it runs with
 ``-I -S``, before any site directory, as root when the agent is.
 """
@@ -30,6 +33,7 @@ import ctypes
 import json
 import os
 import resource
+import select
 import signal
 import sys
 import time
@@ -40,9 +44,12 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _SWEEP_SECONDS = 10.0
+_LINUX = sys.platform == "linux"
 
 
 def _prctl(option: int, value: int) -> None:
+    if not _LINUX:
+        return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, value, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
@@ -53,6 +60,8 @@ def descendants(root: int) -> list[int]:
     """The live processes below ``root``, from one scan of ``/proc`` (zombies left out:
     they have no children and only wait to be reaped)."""
     children: dict[int, list[int]] = {}
+    if not _LINUX:
+        return []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -103,8 +112,18 @@ class Shim:
             if pid == self.main:
                 self.status = status
 
+    def signal_job(self, sig: int) -> None:
+        if _LINUX:
+            _signal_all(descendants(self.pid), sig)
+        elif self.main is not None:  # the job's first process leads its process group
+            with contextlib.suppress(OSError):
+                os.killpg(self.main, sig)
+
     def kill_all(self) -> None:
         """Freeze every descendant, then kill them all; until none is left."""
+        if not _LINUX:
+            self.signal_job(signal.SIGKILL)
+            return
         deadline = time.monotonic() + _SWEEP_SECONDS
         while time.monotonic() < deadline:
             self.reap()
@@ -141,9 +160,9 @@ class Shim:
         """In the child: its own session, the limits, the user, then ARGV."""
         code = 126
         try:
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, *_WATCHED):
                 signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            signal.set_wakeup_fd(-1)
             os.setsid()
             for name, value in self.config.get("rlimits", {}).items():
                 resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
@@ -167,7 +186,13 @@ class Shim:
     def run(self) -> int:
         # No core file of the shim when it ends itself by the job's signal (SIGSEGV…).
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-        signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+        # Each watched signal writes its number to a pipe the loop selects on: none is
+        # lost between a reap and the wait (portable, unlike sigtimedwait).
+        wake, woken = os.pipe()
+        os.set_blocking(woken, False)
+        signal.set_wakeup_fd(woken)
+        for sig in _WATCHED:
+            signal.signal(sig, lambda signum, frame: None)
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         _prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
         if os.getppid() != self.config.get("parent", os.getppid()):
@@ -185,14 +210,16 @@ class Shim:
                 if wait <= 0:
                     self.kill_all()
                     continue
-            info = signal.sigtimedwait(_WATCHED, wait)
-            if info is None or info.si_signo == signal.SIGCHLD:
+            if not select.select([wake], [], [], wait)[0]:
                 continue
-            if info.si_signo == signal.SIGHUP or deadline is not None:
-                self.kill_all()
-            else:
-                _signal_all(descendants(self.pid), signal.SIGTERM)
-                deadline = time.monotonic() + grace
+            for signum in os.read(wake, 512):
+                if signum == signal.SIGCHLD:
+                    continue
+                if signum == signal.SIGHUP or deadline is not None:
+                    self.kill_all()
+                else:
+                    self.signal_job(signal.SIGTERM)
+                    deadline = time.monotonic() + grace
         self.kill_all()  # what the first process left behind ends with it
         return os.waitstatus_to_exitcode(self.status)
 
@@ -204,7 +231,6 @@ def _exit_as(code: int) -> None:
     sig = -code
     with contextlib.suppress(OSError, ValueError):  # SIGKILL has no handler to reset
         signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
     os.kill(os.getpid(), sig)
     sys.exit(128 + sig)
 
