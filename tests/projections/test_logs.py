@@ -75,3 +75,42 @@ def test_reads_equal_slices_of_the_whole_log(
             model[after + 1 :][:limit] if after is not None else model[-limit:] if limit else []
         )
         assert lines == expected
+
+
+def test_reads_skip_a_stretch_of_offsets_no_longer_kept(tmp_path: Path) -> None:
+    """Where the batches of a stretch of offsets are not there (a pruned or archived
+    history), a read after an offset still gets the next lines kept, up to its limit,
+    and the last lines are still the last ones."""
+
+    async def run() -> dict[str, list[int]]:
+        store = SQLiteEventStore(tmp_path / "log.db", all_projections())
+        await store.open()
+        try:
+            for version, offset in enumerate((0, 100, 110)):
+                lines = [LogLine(line=f"l{offset + i}", timestamp=1.0) for i in range(10)]
+                event = LogLinesAppended(
+                    job_id="j", node_id="n", attempt=1, offset=offset, lines=lines
+                )
+                await store.append(
+                    job_stream("j"), [event], expected_version=version, timestamp=1.0
+                )
+
+            async def offsets(limit: int, after: int | None) -> list[int]:
+                return [o for o, _ in await read_lines(store, "j", 1, limit=limit, after=after)]
+
+            return {
+                "across": await offsets(10, 5),
+                "inside": await offsets(5, 50),
+                "last": await offsets(5, None),
+                "last across": await offsets(25, None),
+                "past": await offsets(5, 119),
+            }
+        finally:
+            await store.close()
+
+    got = asyncio.run(run())
+    assert got["across"] == [6, 7, 8, 9, 100, 101, 102, 103, 104, 105]
+    assert got["inside"] == [100, 101, 102, 103, 104]
+    assert got["last"] == [115, 116, 117, 118, 119]
+    assert got["last across"] == [5, 6, 7, 8, 9, *range(100, 120)]
+    assert got["past"] == []

@@ -21,7 +21,8 @@ from shelby.projections._sql import Statement, event_names, to_json
 __all__ = ["LogsProjection", "read_archived", "read_lines"]
 
 _decode_lines = msgspec.json.Decoder(list[LogLine]).decode
-_PAGE = 64  # batches fetched at a time while collecting lines
+_PAGE = 8  # batches read at a time past the range a page asks for
+_KEY = "job_id = ? AND attempt = ?"
 
 
 # The batches a HistoryArchived event moved out (its rule, in ``events.archive``, over
@@ -130,47 +131,71 @@ async def read_lines(
     store: EventStore, job_id: str, attempt: int, *, limit: int, after: int | None
 ) -> list[tuple[int, LogLine]]:
     """``(offset, line)`` of one attempt, oldest first: those after offset ``after`` (at
-    most ``limit``), or without ``after`` the last ``limit``."""
+    most ``limit``), or without ``after`` the last ``limit``.
+
+    An attempt's offsets have no gaps (the decider refuses one), so the batches that
+    hold the lines wanted are those starting from the one that holds ``after + 1`` up to
+    offset ``after + limit``: one range read, whose cost is the page asked for however
+    long the log. Only if that falls short (the end of the log, or a stretch no longer
+    kept) are the next batches read, a few at a time."""
     out: list[tuple[int, LogLine]] = []
     if limit <= 0:
         return out
-    if after is not None:
-        # From the batch that holds offset after + 1 (the last that starts at or before it).
-        cursor = after + 1
-        start = await store.fetchone(
-            "SELECT first_offset FROM log_batches WHERE job_id = ? AND attempt = ?"
-            " AND first_offset <= ? ORDER BY first_offset DESC LIMIT 1",
-            (job_id, attempt, cursor),
+    if after is None:
+        last = await store.fetchone(
+            f"SELECT last_offset FROM log_batches WHERE {_KEY} ORDER BY first_offset DESC LIMIT 1",
+            (job_id, attempt),
         )
-        from_offset = start[0] if start else 0
-        while len(out) < limit:
-            rows = await store.fetchall(
-                "SELECT first_offset, lines FROM log_batches WHERE job_id = ? AND attempt = ?"
-                " AND first_offset >= ? ORDER BY first_offset LIMIT ?",
-                (job_id, attempt, from_offset, _PAGE),
-            )
-            out.extend(item for item in _lines(rows) if item[0] > after)
-            if len(rows) < _PAGE:
-                break
-            from_offset = rows[-1][0] + 1
-        return out[:limit]
-    before: int | None = None
+        if last is None:
+            return out
+        tail = await read_lines(store, job_id, attempt, limit=limit, after=max(-1, last[0] - limit))
+        if len(tail) < limit and last[0] >= limit:
+            # A stretch before the end is not kept: reach back past it for the rest.
+            tail[:0] = await _lines_before(store, job_id, attempt, tail[0][0], limit - len(tail))
+        return tail
+    start = await store.fetchone(
+        f"SELECT first_offset FROM log_batches WHERE {_KEY} AND first_offset <= ?"
+        " ORDER BY first_offset DESC LIMIT 1",
+        (job_id, attempt, after + 1),
+    )
+    rows = await store.fetchall(
+        f"SELECT first_offset, lines FROM log_batches WHERE {_KEY}"
+        " AND first_offset >= ? AND first_offset <= ? ORDER BY first_offset",
+        (job_id, attempt, start[0] if start else 0, after + limit),
+    )
+    out.extend(item for item in _lines(rows) if item[0] > after)
+    seen = after + limit
+    while len(out) < limit:
+        rows = await store.fetchall(
+            f"SELECT first_offset, lines FROM log_batches WHERE {_KEY} AND first_offset > ?"
+            " ORDER BY first_offset LIMIT ?",
+            (job_id, attempt, seen, _PAGE),
+        )
+        if not rows:
+            break
+        out.extend(item for item in _lines(rows) if item[0] > after)
+        seen = rows[-1][0]
+    return out[:limit]
+
+
+async def _lines_before(
+    store: EventStore, job_id: str, attempt: int, before: int, limit: int
+) -> list[tuple[int, LogLine]]:
+    """The last ``limit`` lines with offsets below ``before``, oldest first."""
     pages: list[list[tuple[int, LogLine]]] = []
     collected = 0
     while collected < limit:
         rows = await store.fetchall(
-            "SELECT first_offset, lines FROM log_batches WHERE job_id = ? AND attempt = ?"
-            + ("" if before is None else " AND first_offset < ?")
-            + " ORDER BY first_offset DESC LIMIT ?",
-            (job_id, attempt, _PAGE) if before is None else (job_id, attempt, before, _PAGE),
+            f"SELECT first_offset, lines FROM log_batches WHERE {_KEY} AND first_offset < ?"
+            " ORDER BY first_offset DESC LIMIT ?",
+            (job_id, attempt, before, _PAGE),
         )
+        if not rows:
+            break
         rows.reverse()
-        page = list(_lines(rows))
+        page = [item for item in _lines(rows) if item[0] < before]
         pages.append(page)
         collected += len(page)
-        if len(rows) < _PAGE:
-            break
         before = rows[0][0]
-    for page in reversed(pages):
-        out.extend(page)
-    return out[-limit:]
+    out = [item for page in reversed(pages) for item in page]
+    return out[-limit:] if limit else []
