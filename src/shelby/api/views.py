@@ -234,16 +234,33 @@ def pending_reason(
 
 
 class _Reasons:
-    """Fetches the active nodes once per view, and only if a pending job needs them."""
+    """Why pending jobs wait, for one view: the active nodes are fetched once, and only
+    if a pending job needs them, and each distinct ask (resources and labels) is
+    matched against them once, however many jobs of the page make it. A page of jobs
+    that no node can take would otherwise scan the whole fleet once per job."""
 
     def __init__(self, store: EventStore, now: float, lease_seconds: float) -> None:
         self._store, self._now, self._lease = store, now, lease_seconds
         self._nodes: list[ActiveNode] | None = None
+        self._known: dict[tuple[Resources | None, tuple[tuple[str, str], ...]], str] = {}
 
     async def nodes(self) -> list[ActiveNode]:
         if self._nodes is None:
             self._nodes = await active_nodes(self._store, now=self._now, lease_seconds=self._lease)
         return self._nodes
+
+    async def reason(
+        self, *, has_script: bool, resources: Resources | None, labels: dict[str, str]
+    ) -> str:
+        if not has_script:
+            return pending_reason(has_script=False, resources=resources, labels=labels, nodes=())
+        key = (resources, tuple(sorted(labels.items())))
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = pending_reason(
+                has_script=True, resources=resources, labels=labels, nodes=await self.nodes()
+            )
+        return known
 
 
 async def _job_views(rows: list[tuple[Any, ...]], reasons: _Reasons) -> list[JobView]:
@@ -284,11 +301,8 @@ async def _job_views(rows: list[tuple[Any, ...]], reasons: _Reasons) -> list[Job
         labels: dict[str, str] = from_json(labels_json)
         reason = None
         if status == "pending":
-            reason = pending_reason(
-                has_script=script_hash is not None,
-                resources=resources,
-                labels=labels,
-                nodes=await reasons.nodes() if script_hash is not None else (),
+            reason = await reasons.reason(
+                has_script=script_hash is not None, resources=resources, labels=labels
             )
         duration = (
             round(finished_at - started_at, 6)
