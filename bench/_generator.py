@@ -127,6 +127,142 @@ def long_job_id() -> str:
     return job_name(0)
 
 
+# --- what the commands say ---------------------------------------------------------------
+
+
+def new_job(rng: random.Random, job_id: str, *, fate: str = "finish") -> CreateJob:
+    """A job as a person submits it; ``fate`` ``unmatched`` asks what no node has."""
+    resources = None
+    if fate == "unmatched":
+        resources = Resources(gpus=16)  # no node has sixteen GPUs
+    elif rng.random() < 0.5:
+        resources = Resources(cpu_count=rng.choice((2, 4, 8)), gpus=1)
+    dataset = rng.choice(DATASETS)
+    return CreateJob(
+        job_id=job_id,
+        dataset_name=dataset,
+        dataset_url=f"https://datasets.example.org/{dataset}/v{rng.randint(1, 3)}.tar",
+        dataset_hash="sha256:" + hashlib.sha256(dataset.encode()).hexdigest(),
+        runtime_minutes_estimate=float(rng.choice((5, 10, 30, 60, 120))),
+        meta={
+            "lr": rng.choice((1e-3, 3e-4, 1e-4)),
+            "batchSize": rng.choice((32, 64, 128, 256)),
+            "model": rng.choice(("resnet50", "vit-b16", "gpt2-small", "whisper-tiny")),
+            "owner": f"user{rng.randint(1, 40)}",
+        },
+        max_attempts=3,
+        timeout_minutes=100_000.0 if fate == "long" else 240.0,
+        resources=resources,
+        labels={"team": rng.choice(("vision", "speech", "nlp"))},
+    )
+
+
+def script_for(create: CreateJob) -> UploadScript:
+    script = (
+        f"# {create.job_id}\nimport torch\nfrom train import main\n\n"
+        f"main(lr={create.meta['lr']}, batch_size={create.meta['batchSize']})\n"
+    )
+    return UploadScript(
+        job_id=create.job_id,
+        script=script,
+        requirements="torch==2.3.1\nnumpy>=1.26\n",
+        entrypoint="train.py",
+    )
+
+
+def log_batch(
+    job_id: str, node_id: str, attempt: int, offset: int, size: int, now: float
+) -> AppendLogLines:
+    """Lines ``offset`` .. ``offset + size - 1`` of a training run's output."""
+    lines = []
+    for step in range(offset, offset + size):
+        if step % 37 == 36:
+            text = f"WARNING: step {step}: gradient norm {_LOSS[step % 997]}e1, clipped"
+            lines.append(LogLine(line=text, timestamp=now, stream="stderr"))
+        else:
+            text = (
+                f"epoch {step // 500} step {step} loss={_LOSS[step % 997]}"
+                f" acc={_ACC[step % 991]} lr=3.0e-04 {_SPEED[step % 983]} samples/s"
+            )
+            lines.append(LogLine(line=text, timestamp=now))
+    return AppendLogLines(
+        job_id=job_id, node_id=node_id, attempt=attempt, offset=offset, lines=lines
+    )
+
+
+def usage(
+    rng: random.Random, job_id: str, node_id: str, attempt: int, wall: float
+) -> ReportJobUsage:
+    return ReportJobUsage(
+        job_id=job_id,
+        node_id=node_id,
+        attempt=attempt,
+        cpu_seconds=round(wall * rng.uniform(2, 14), 1),
+        wall_seconds=round(wall, 1),
+        peak_ram_mb=float(rng.randint(1500, 60000)),
+        gpu_seconds=round(wall * 0.93, 1),
+    )
+
+
+def finish(rng: random.Random, job_id: str, node_id: str, attempt: int, ok: bool) -> FinishJob:
+    if ok:
+        digest = hashlib.sha256(f"{job_id}/{attempt}".encode()).hexdigest()
+        return FinishJob(
+            job_id=job_id,
+            node_id=node_id,
+            attempt=attempt,
+            status="finished",
+            model_hash="sha256:" + digest,
+            exit_code=0,
+            metadata={"finalLoss": round(rng.uniform(0.01, 0.4), 4)},
+        )
+    return FinishJob(
+        job_id=job_id,
+        node_id=node_id,
+        attempt=attempt,
+        status="failed",
+        exit_code=1,
+        error=rng.choice(
+            (
+                "RuntimeError: CUDA out of memory",
+                "FileNotFoundError: data/train.idx",
+                "ValueError: loss is NaN",
+            )
+        ),
+    )
+
+
+def heartbeat(rng: random.Random, node_id: str, held: list[str]) -> Heartbeat:
+    """What an agent sends every few seconds: live usage and the jobs it holds."""
+    busy = bool(held)
+    gpus = [round(rng.uniform(70, 99) if busy else rng.uniform(0, 3), 1)]
+    specs = {
+        "cpuUsage": round(rng.uniform(35, 95) if busy else rng.uniform(1, 8), 1),
+        "ramUsage": round(rng.uniform(20, 80) if busy else rng.uniform(3, 6), 1),
+        "gpuUsage": gpus,
+        "diskFreeGB": round(rng.uniform(200, 900), 1),
+    }
+    return Heartbeat(node_id=node_id, specs=specs, running_jobs=list(held))
+
+
+def register(k: int, seed: int = 0) -> RegisterNode:
+    node_id = node_name(k)
+    gpus = [{"name": "A100", "memoryGB": 80}] * (1 if k % 4 else 2)
+    return RegisterNode(
+        node_id=node_id,
+        name=f"gpu-{k:04d}.{ZONES[k % 3]}.cluster",
+        token_hash=hashlib.sha256(f"token-{k}-{seed}".encode()).hexdigest(),
+        specs={
+            "cpuCount": 32,
+            "totalRAM_GB": 256.0,
+            "os": "Linux 6.1",
+            "gpus": gpus,
+            "python": "3.11.9",
+        },
+        labels={"zone": ZONES[k % 3], "pool": "a100"},
+    )
+
+
 @dataclass(frozen=True)
 class Shape:
     """What to build: ``events`` exactly, with ``nodes`` and ``jobs`` (N / 100)."""
@@ -183,7 +319,6 @@ class _Job:
     attempt: int = 1
     node: _Node | None = None
     offset: int = 0
-    lines: int = 0
 
 
 class _Simulation:
@@ -217,31 +352,7 @@ class _Simulation:
     # -- jobs
 
     def _create(self, k: int) -> CreateJob:
-        rng = self.rng
-        fate = "long" if k == 0 else self._fate(k)
-        resources = None
-        if fate == "unmatched":
-            resources = Resources(gpus=16)  # no node has sixteen GPUs
-        elif rng.random() < 0.5:
-            resources = Resources(cpu_count=rng.choice((2, 4, 8)), gpus=1)
-        dataset = rng.choice(DATASETS)
-        return CreateJob(
-            job_id=job_name(k),
-            dataset_name=dataset,
-            dataset_url=f"https://datasets.example.org/{dataset}/v{rng.randint(1, 3)}.tar",
-            dataset_hash="sha256:" + hashlib.sha256(dataset.encode()).hexdigest(),
-            runtime_minutes_estimate=float(rng.choice((5, 10, 30, 60, 120))),
-            meta={
-                "lr": rng.choice((1e-3, 3e-4, 1e-4)),
-                "batchSize": rng.choice((32, 64, 128, 256)),
-                "model": rng.choice(("resnet50", "vit-b16", "gpt2-small", "whisper-tiny")),
-                "owner": f"user{rng.randint(1, 40)}",
-            },
-            max_attempts=3,
-            timeout_minutes=100_000.0 if fate == "long" else 240.0,
-            resources=resources,
-            labels={"team": rng.choice(("vision", "speech", "nlp"))},
-        )
+        return new_job(self.rng, job_name(k), fate="long" if k == 0 else self._fate(k))
 
     def _fate(self, k: int) -> str:
         if k >= self.jobs - max(2, self.jobs // 200):
@@ -265,69 +376,18 @@ class _Simulation:
     def _batch(self, job: _Job, size: int) -> AppendLogLines:
         assert job.node is not None
         now = self.time_of(self.slot)
-        lines = []
-        for step in range(job.offset, job.offset + size):
-            if step % 37 == 36:
-                text = f"WARNING: step {step}: gradient norm {_LOSS[step % 997]}e1, clipped"
-                lines.append(LogLine(line=text, timestamp=now, stream="stderr"))
-            else:
-                text = (
-                    f"epoch {step // 500} step {step} loss={_LOSS[step % 997]}"
-                    f" acc={_ACC[step % 991]} lr=3.0e-04 {_SPEED[step % 983]} samples/s"
-                )
-                lines.append(LogLine(line=text, timestamp=now))
-        command = AppendLogLines(
-            job_id=job.job_id,
-            node_id=job.node.node_id,
-            attempt=job.attempt,
-            offset=job.offset,
-            lines=lines,
-        )
+        command = log_batch(job.job_id, job.node.node_id, job.attempt, job.offset, size, now)
         job.offset += size
-        job.lines += size
         self.lines += size
         return command
 
     def _usage(self, job: _Job, slots: float) -> ReportJobUsage:
         assert job.node is not None
-        wall = slots * self.dt
-        return ReportJobUsage(
-            job_id=job.job_id,
-            node_id=job.node.node_id,
-            attempt=job.attempt,
-            cpu_seconds=round(wall * self.rng.uniform(2, 14), 1),
-            wall_seconds=round(wall, 1),
-            peak_ram_mb=float(self.rng.randint(1500, 60000)),
-            gpu_seconds=round(wall * 0.93, 1),
-        )
+        return usage(self.rng, job.job_id, job.node.node_id, job.attempt, slots * self.dt)
 
     def _finish(self, job: _Job, ok: bool) -> FinishJob:
         assert job.node is not None
-        if ok:
-            digest = hashlib.sha256(f"{job.job_id}/{job.attempt}".encode()).hexdigest()
-            return FinishJob(
-                job_id=job.job_id,
-                node_id=job.node.node_id,
-                attempt=job.attempt,
-                status="finished",
-                model_hash="sha256:" + digest,
-                exit_code=0,
-                metadata={"finalLoss": round(self.rng.uniform(0.01, 0.4), 4)},
-            )
-        return FinishJob(
-            job_id=job.job_id,
-            node_id=job.node.node_id,
-            attempt=job.attempt,
-            status="failed",
-            exit_code=1,
-            error=self.rng.choice(
-                (
-                    "RuntimeError: CUDA out of memory",
-                    "FileNotFoundError: data/train.idx",
-                    "ValueError: loss is NaN",
-                )
-            ),
-        )
+        return finish(self.rng, job.job_id, job.node.node_id, job.attempt, ok)
 
     def _attempt(self, job: _Job, ending: str) -> Iterator[tuple[Any, float]]:
         """One attempt, from assignment to ``ending``: ``finish``, ``fail``, ``lease``,
@@ -402,19 +462,7 @@ class _Simulation:
             return
         if fate == "no_script":
             return
-        script = (
-            f"# {job.job_id}\nimport torch\nfrom train import main\n\n"
-            f"main(lr={create.meta['lr']}, batch_size={create.meta['batchSize']})\n"
-        )
-        yield (
-            UploadScript(
-                job_id=job.job_id,
-                script=script,
-                requirements="torch==2.3.1\nnumpy>=1.26\n",
-                entrypoint="train.py",
-            ),
-            rng.uniform(1, 0.002 * self.n + 2),
-        )
+        yield script_for(create), rng.uniform(1, 0.002 * self.n + 2)
         if fate == "unmatched":
             return  # pending: no node matches it
         if fate in ("long", "assigned"):
@@ -454,29 +502,7 @@ class _Simulation:
         self.start = start
         rng = self.rng
         for k, node in enumerate(self.nodes):
-            gpus = [{"name": "A100", "memoryGB": 80}] * (1 if k % 4 else 2)
-            token = hashlib.sha256(f"token-{k}-{self.shape.seed}".encode()).hexdigest()
-            yield (
-                start,
-                1,
-                (
-                    node_stream(node.node_id),
-                    NODES,
-                    RegisterNode(
-                        node_id=node.node_id,
-                        name=f"gpu-{k:04d}.{ZONES[k % 3]}.cluster",
-                        token_hash=token,
-                        specs={
-                            "cpuCount": 32,
-                            "totalRAM_GB": 256.0,
-                            "os": "Linux 6.1",
-                            "gpus": gpus,
-                            "python": "3.11.9",
-                        },
-                        labels={"zone": ZONES[k % 3], "pool": "a100"},
-                    ),
-                ),
-            )
+            yield start, 1, (node_stream(node.node_id), NODES, register(k, self.shape.seed))
         self.slot = len(self.nodes)
         tie = itertools.count()
         due: list[tuple[float, int, Iterator[tuple[Any, float]]]] = []
@@ -524,20 +550,7 @@ class _Simulation:
     def _heartbeat(self) -> Command:
         node = self.nodes[self.beats % len(self.nodes)]
         self.beats += 1
-        busy = bool(node.held)
-        rng = self.rng
-        gpus = [round(rng.uniform(70, 99) if busy else rng.uniform(0, 3), 1)]
-        specs = {
-            "cpuUsage": round(rng.uniform(35, 95) if busy else rng.uniform(1, 8), 1),
-            "ramUsage": round(rng.uniform(20, 80) if busy else rng.uniform(3, 6), 1),
-            "gpuUsage": gpus,
-            "diskFreeGB": round(rng.uniform(200, 900), 1),
-        }
-        return (
-            node_stream(node.node_id),
-            NODES,
-            Heartbeat(node_id=node.node_id, specs=specs, running_jobs=list(node.held)),
-        )
+        return node_stream(node.node_id), NODES, heartbeat(self.rng, node.node_id, node.held)
 
 
 class _Streams:
