@@ -705,7 +705,8 @@ def cached_log(shape: Shape, *, echo: Callable[[str], None] = print) -> Path:
         return path
     building = path.with_name(f"{path.stem}.building-{os.getpid()}.db")
     for leftover in path.parent.glob(f"{path.stem}.building-*"):
-        leftover.unlink()
+        if not _alive(leftover.name.split(".building-")[1].split(".")[0]):
+            leftover.unlink(missing_ok=True)  # a build that died; one still running stays
     echo(
         f"  building a log of {shape.events:,} events ({shape.nodes:,} nodes,"
         f" {shape.job_count:,} jobs) at {path}"
@@ -721,6 +722,16 @@ def cached_log(shape: Shape, *, echo: Callable[[str], None] = print) -> Path:
         leftover.unlink()
     echo(f"  built: {describe(built)}")
     return path
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def describe(built: Generated) -> str:
