@@ -49,7 +49,8 @@ def test_openapi_covers_every_endpoint_with_schemas(shelby_server: ServerProcess
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             assert "200" in op["responses"], (method, path)
-            assert "schema" in op["responses"]["200"]["content"]["application/json"]
+            content = op["responses"]["200"]["content"]
+            assert content and all("schema" in c for c in content.values()), (method, path)
             if method == "post" and path != "/api/frontend/jobs/{job_id}/restart":
                 assert "requestBody" in op, (method, path)
             assert "security" in op
@@ -72,6 +73,10 @@ def test_openapi_covers_every_endpoint_with_schemas(shelby_server: ServerProcess
     assert {"jobId", "pendingReason", "scriptHash", "usage"} <= set(job_view["properties"])
     assert set(doc["components"]["securitySchemes"]) == {"adminToken", "joinToken", "nodeToken"}
     assert "409" in ops[("post", "/api/jobs/ack")]["responses"]
+    # Text answers are documented as text: /metrics always, a checkpoint unless JSON is asked.
+    assert set(ops[("get", "/metrics")]["responses"]["200"]["content"]) == {"text/plain"}
+    checkpoint = ops[("get", "/api/audit/checkpoint")]["responses"]["200"]["content"]
+    assert set(checkpoint) == {"text/plain", "application/json"}
 
 
 def test_swagger_ui_and_redoc_work_offline(shelby_server: ServerProcess) -> None:

@@ -9,6 +9,7 @@ encoded by msgspec, with nothing in between that the heartbeat path would pay fo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -66,6 +67,8 @@ class Endpoint:
     tag: str = "frontend"
     # The settings attribute that bounds the body: scripts may be larger than the rest.
     body_limit: Literal["max_body_bytes", "max_script_bytes"] = "max_body_bytes"
+    # What a 200 may be: JSON of ``response``, or text (a ``Raw`` answer), or either.
+    media_types: tuple[str, ...] = ("application/json",)
     description: str = ""
     name: str = field(default="")
 
@@ -114,6 +117,81 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+_WHOLE_FLOAT = re.compile(
+    r"^Expected `int(?: \| null)?`, got `float` - at `\$((?:\.\w+|\[\d+\])*)`$"
+)
+_STEP = re.compile(r"\.(\w+)|\[(\d+)\]")
+
+
+def _whole_floats_as_ints(raw: bytes, type_: Any, refusal: msgspec.ValidationError) -> Any:
+    """The body, when the strict decoder's only complaint is ``2.0`` where an integer belongs.
+
+    JSON Schema, and so the OpenAPI document, counts ``2.0`` as the integer 2 (a client
+    that computes a number in floating point writes it so); msgspec's strict decoder does
+    not. Only on that refusal, the body is decoded untyped, the value at the place the
+    refusal names becomes an ``int`` if it is whole, and the result is converted again,
+    place by place. Free-form fields (``meta``) are never touched: msgspec names only
+    typed integer fields.
+    """
+    data = msgspec.json.decode(raw)
+    for _ in range(256):
+        match = _WHOLE_FLOAT.match(str(refusal))
+        if match is None:
+            raise refusal
+        holder: Any = None
+        key: str | int | None = None
+        value: Any = data
+        for name, index in _STEP.findall(match.group(1)):
+            holder, key = value, (name if name else int(index))
+            value = holder[key]
+        if holder is None or not (isinstance(value, float) and value.is_integer()):
+            raise refusal
+        holder[key] = int(value)
+        try:
+            return msgspec.convert(data, type_, strict=True)
+        except msgspec.ValidationError as again:
+            refusal = again
+    raise refusal
+
+
+def _decode_body(decoder: msgspec.json.Decoder[Any], type_: Any, raw: bytes) -> Any:
+    try:
+        try:
+            return decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            return _whole_floats_as_ints(raw, type_, exc)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, _field_of(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        # msgspec refuses to go deeper than the interpreter's stack allows (about a
+        # thousand levels); anything that deep is no body of ours.
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
+
+
+def _decode_query(type_: Any, query_string: bytes) -> Any:
+    """The query string as ``type_``: each parameter at most once, and with a value.
+
+    Lax conversion turns text into numbers, but also ``null`` (or an empty value) into
+    ``None``; a parameter that is there stands for a value, so that is refused, as a
+    parameter given twice is (the document describes one value each).
+    """
+    pairs: dict[str, str] = {}
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name in pairs:
+            raise ApiError(422, f"{name}: given more than once")
+        pairs[name] = value
+    try:
+        query = msgspec.convert(pairs, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, _field_of(exc)) from None
+    for f in msgspec.structs.fields(type_):
+        if f.encode_name in pairs and getattr(query, f.name) is None:
+            raise ApiError(422, f"{f.encode_name}: expected a value, got {pairs[f.encode_name]!r}")
+    return query
 
 
 def _field_of(err: msgspec.ValidationError) -> str:
@@ -178,23 +256,12 @@ class EndpointApp:
                 limiter.check("a:" + (client[0] if client else "?"))
         if principal.node_id is not None:
             structlog.contextvars.bind_contextvars(node_id=principal.node_id)
-        query = None
-        if ep.query is not None:
-            pairs = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            try:
-                query = msgspec.convert(pairs, ep.query, strict=False)
-            except msgspec.ValidationError as exc:
-                raise ApiError(422, _field_of(exc)) from None
+        query = None if ep.query is None else _decode_query(ep.query, scope["query_string"])
         body = None
         if self._body_decoder is not None:
             limit = getattr(service.settings, ep.body_limit)
             raw = await _read_body(scope, receive, limit)
-            try:
-                body = self._body_decoder.decode(raw)
-            except msgspec.ValidationError as exc:
-                raise ApiError(422, _field_of(exc)) from None
-            except msgspec.DecodeError as exc:
-                raise ApiError(400, f"malformed JSON: {exc}") from None
+            body = _decode_body(self._body_decoder, ep.body, raw)
         params = scope["path_params"]
         job_id = (
             params.get("job_id") or getattr(body, "job_id", None) or getattr(query, "job_id", None)

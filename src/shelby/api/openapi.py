@@ -38,6 +38,17 @@ _ERROR_TEXT = {
 }
 
 
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema without msgspec's ``null`` for an optional field: a
+    query cannot carry a null, and leaving the parameter out is how to say none."""
+    options = schema.get("anyOf")
+    if options is None or {"type": "null"} not in options:
+        return schema
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+    kept = [o for o in options if o != {"type": "null"}]
+    return {**rest, **kept[0]} if len(kept) == 1 else {**rest, "anyOf": kept}
+
+
 def openapi_document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str, Any]:
     types: list[Any] = [ErrorResponse]
     for ep in endpoints:
@@ -62,7 +73,14 @@ def openapi_document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str
             "responses": {
                 "200": {
                     "description": "OK",
-                    "content": {"application/json": {"schema": schema_of[ep.response]}},
+                    "content": {
+                        media_type: {
+                            "schema": schema_of[ep.response]
+                            if media_type == "application/json"
+                            else {"type": "string"}
+                        }
+                        for media_type in ep.media_types
+                    },
                 },
             },
         }
@@ -71,7 +89,12 @@ def openapi_document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str
             required = set(query_schema.get("required", ()))
             for name, prop in query_schema.get("properties", {}).items():
                 operation["parameters"].append(
-                    {"name": name, "in": "query", "required": name in required, "schema": prop}
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in required,
+                        "schema": _without_null(prop),
+                    }
                 )
         if ep.body is not None:
             operation["requestBody"] = {

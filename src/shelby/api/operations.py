@@ -45,6 +45,7 @@ ENDPOINTS = [
         str,
         errors=(401, 403),
         tag="operations",
+        media_types=("text/plain",),
     ),
 ]
 

@@ -6,7 +6,7 @@ what is documented is what is enforced. Field names are camelCase on the wire.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -26,6 +26,7 @@ __all__ = [
     "ErrorResponse",
     "FetchScriptQuery",
     "FetchScriptResponse",
+    "FinishBody",
     "FinishRequest",
     "FinishResponse",
     "HeartbeatRequest",
@@ -45,6 +46,7 @@ __all__ = [
     "ReleaseRequest",
     "ReleaseResponse",
     "ResourcesRequest",
+    "StreamLogBody",
     "StreamLogRequest",
     "StreamLogResponse",
     "UploadScriptRequest",
@@ -61,7 +63,17 @@ Identifier = Annotated[
     ),
 ]
 ModelHash = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
-NonNegative = Annotated[float, Meta(ge=0)]
+# Numbers are bounded where the server computes with them or hands them to the database:
+# a position beyond what SQLite's INTEGER and PostgreSQL's BIGINT hold made the driver
+# raise (a 500), and a doubled estimate or a sum of reports beyond a float's range
+# becomes infinity, which JSON cannot carry.
+MAX_INT64 = 2**63 - 1
+Position = Annotated[int, Meta(ge=0, le=MAX_INT64)]
+Attempt = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+ExitCode = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+Minutes = Annotated[float, Meta(gt=0, le=10_000_000)]  # about 19 years
+NonNegative = Annotated[float, Meta(ge=0, le=1e15)]
 Status = Literal["pending", "assigned", "running", "finished", "failed"]
 LogStream = Literal["stdout", "stderr", "system"]
 
@@ -78,24 +90,59 @@ class OkResponse(_Wire, frozen=True):
     ok: bool = True
 
 
+# Free-form JSON (a job's ``meta``, a node's ``specs``, a finish's ``metadata``) is kept in
+# events and written again by every view; a value nested deeper than any real document
+# would only cost stack on every later read, and near the interpreter's recursion limit
+# the standard library's encoder of the canonical bytes gives up.
+MAX_DEPTH = 32
+FreeForm = Annotated[
+    dict[str, Any], Meta(description=f"Any JSON object, nested at most {MAX_DEPTH} levels deep.")
+]
+
+
+def check_depth(field: str, value: Any) -> None:
+    """Raise (a 422 naming ``field``) when ``value`` nests deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{field}: nested deeper than {MAX_DEPTH} levels")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+
+
 # --- job management -------------------------------------------------------------------
 
 
+# A path inside the job's directory: relative, parts separated by "/", none of them
+# empty, "." or "..", and no backslash, colon (drive letters) or control character. The
+# same pattern is in the OpenAPI document, so clients and fuzzers know the rule.
+_CHAR = r"[^/\\:\x00-\x1f]"
+_FIRST = r"[^./\\:\x00-\x1f]"  # neither "." nor ".." may be a whole part
+_PART = rf"(?:{_FIRST}{_CHAR}*|\.{_FIRST}{_CHAR}*|\.\.{_CHAR}+)"
+RELATIVE_PATH = rf"^{_PART}(?:/{_PART})*$"
+_relative_path = re.compile(RELATIVE_PATH)
+RelativePath = Annotated[
+    str,
+    Meta(
+        pattern=RELATIVE_PATH,
+        min_length=1,
+        max_length=255,
+        description="A relative path inside the job's directory: no empty, `.` or `..`"
+        " parts, no backslash, colon or control character.",
+    ),
+]
+
+
 def is_plain_relative_path(path: str) -> bool:
-    """A path inside the job's directory: relative, no ``..``, ``.``, empty parts,
-    backslashes, drive letters or control characters."""
-    if not path or len(path) > 255 or path.startswith("/"):
-        return False
-    if any(c in path for c in "\\:") or any(ord(c) < 32 for c in path):
-        return False
-    parts = path.split("/")
-    return all(p not in ("", ".", "..") for p in parts) and not PurePosixPath(path).is_absolute()
+    """Whether ``path`` is a ``RelativePath``, for code that has a string in hand."""
+    return 0 < len(path) <= 255 and _relative_path.fullmatch(path) is not None
 
 
 class ResourcesRequest(_Wire, frozen=True):
-    cpu_count: Annotated[int, Meta(ge=0)] | None = None
+    cpu_count: Count | None = None
     ram_gb: NonNegative | None = msgspec.field(default=None, name="ramGB")
-    gpus: Annotated[int, Meta(ge=0)] | None = None
+    gpus: Count | None = None
 
 
 class CreateJobRequest(_Wire, frozen=True):
@@ -103,28 +150,22 @@ class CreateJobRequest(_Wire, frozen=True):
     dataset_name: str | None = None
     dataset_url: str | None = None
     dataset_hash: str | None = None
-    runtime_minutes_estimate: NonNegative | None = None
-    meta: dict[str, Any] = {}
+    runtime_minutes_estimate: Annotated[float, Meta(ge=0, le=10_000_000)] | None = None
+    meta: FreeForm = {}
     max_attempts: Annotated[int, Meta(ge=1, le=100)] = 3
-    timeout_minutes: Annotated[float, Meta(gt=0)] | None = msgspec.field(
-        default=None
-    )  # default: twice the estimate, else 60
+    timeout_minutes: Minutes | None = None  # default: twice the estimate, else 60
     resources: ResourcesRequest | None = None
     labels: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        check_depth("meta", self.meta)
 
 
 class UploadScriptRequest(_Wire, frozen=True):
     job_id: Identifier
     script: str
     requirements: str = ""
-    entrypoint: str = "train.py"
-
-    def __post_init__(self) -> None:
-        if not is_plain_relative_path(self.entrypoint):
-            raise ValueError(
-                f"entrypoint: {self.entrypoint!r} is not a plain relative path inside the"
-                " job's directory"
-            )
+    entrypoint: RelativePath = "train.py"
 
 
 class UploadScriptResponse(_Wire, frozen=True):
@@ -155,8 +196,8 @@ class NodeList(_Wire, frozen=True):
 
 class LogsQuery(_Wire, frozen=True):
     limit: Annotated[int, Meta(ge=1, le=10_000)] = 1000
-    after: Annotated[int, Meta(ge=-1)] | None = None
-    attempt: Annotated[int, Meta(ge=1)] | None = None
+    after: Annotated[int, Meta(ge=-1, le=MAX_INT64)] | None = None
+    attempt: Attempt | None = None
 
 
 class LogsResponse(_Wire, frozen=True):
@@ -174,9 +215,12 @@ class LogsResponse(_Wire, frozen=True):
 class RegisterRequest(_Wire, frozen=True):
     node_id: Identifier | None = None
     name: str | None = None
-    specs: dict[str, Any] = {}
+    specs: FreeForm = {}
     labels: dict[str, str] = {}
     max_concurrent_jobs: Annotated[int, Meta(ge=1, le=1024)] = 1
+
+    def __post_init__(self) -> None:
+        check_depth("specs", self.specs)
 
 
 class RegisterResponse(_Wire, frozen=True):
@@ -188,8 +232,11 @@ class RegisterResponse(_Wire, frozen=True):
 
 class HeartbeatRequest(_Wire, frozen=True):
     node_id: str
-    specs: dict[str, Any] = {}
+    specs: FreeForm = {}
     running_jobs: list[str] = []
+
+    def __post_init__(self) -> None:
+        check_depth("specs", self.specs)
 
 
 class HeartbeatResponse(_Wire, frozen=True):
@@ -209,7 +256,7 @@ class PollResponse(_Wire, frozen=True):
 class AckRequest(_Wire, frozen=True):
     job_id: str
     node_id: str
-    attempt: int | None = None
+    attempt: Attempt | None = None
 
 
 class AckResponse(_Wire, frozen=True):
@@ -244,8 +291,8 @@ class StreamLogRequest(_Wire, frozen=True):
 
     job_id: str
     node_id: str
-    attempt: int | None = None
-    offset: Annotated[int, Meta(ge=0)] | None = None
+    attempt: Attempt | None = None
+    offset: Position | None = None
     lines: list[LogLineIn] | None = None
     line: str | None = None
     timestamp: float | None = None
@@ -256,6 +303,20 @@ class StreamLogRequest(_Wire, frozen=True):
             raise ValueError("lines: give either `lines` or `line`")
 
 
+# The rule ``__post_init__`` enforces, in the OpenAPI document too.
+StreamLogBody = Annotated[
+    StreamLogRequest,
+    Meta(
+        extra_json_schema={
+            "anyOf": [
+                {"required": ["lines"], "properties": {"lines": {"type": "array"}}},
+                {"required": ["line"], "properties": {"line": {"type": "string"}}},
+            ]
+        }
+    ),
+]
+
+
 class StreamLogResponse(_Wire, frozen=True):
     accepted: int
     next_offset: int
@@ -264,7 +325,7 @@ class StreamLogResponse(_Wire, frozen=True):
 class UsageReportRequest(_Wire, frozen=True):
     node_id: str
     job_id: str | None = None
-    attempt: int | None = None
+    attempt: Attempt | None = None
     cpu_seconds: NonNegative | None = None
     wall_seconds: NonNegative | None = None
     peak_ram_mb: NonNegative | None = msgspec.field(default=None, name="peakRamMB")
@@ -275,15 +336,30 @@ class FinishRequest(_Wire, frozen=True):
     job_id: str
     node_id: str
     status: Literal["finished", "failed"]
-    attempt: int | None = None
+    attempt: Attempt | None = None
     model_hash: ModelHash | None = None
-    exit_code: int | None = None
+    exit_code: ExitCode | None = None
     error: str | None = None
-    metadata: dict[str, Any] = {}
+    metadata: FreeForm = {}
 
     def __post_init__(self) -> None:
+        check_depth("metadata", self.metadata)
         if self.status == "finished" and self.model_hash is None:
             raise ValueError("modelHash: a finished job names its model's hash")
+
+
+# The rule ``__post_init__`` enforces, in the OpenAPI document too.
+FinishBody = Annotated[
+    FinishRequest,
+    Meta(
+        extra_json_schema={
+            "anyOf": [
+                {"properties": {"status": {"const": "failed"}}},
+                {"required": ["modelHash"], "properties": {"modelHash": {"type": "string"}}},
+            ]
+        }
+    ),
+]
 
 
 class FinishResponse(_Wire, frozen=True):
@@ -297,7 +373,7 @@ class ReleaseRequest(_Wire, frozen=True):
 
     job_id: str
     node_id: str
-    attempt: Annotated[int, Meta(ge=1)]
+    attempt: Attempt
     reason: Annotated[str, Meta(max_length=1000)] = ""
 
 
@@ -314,7 +390,7 @@ class ReleaseResponse(_Wire, frozen=True):
 
 
 class AuditQuery(_Wire, frozen=True):
-    after: Annotated[int, Meta(ge=0)] = 0
+    after: Position = 0
     limit: Annotated[int, Meta(ge=1, le=10_000)] = 1000
 
 

@@ -21,6 +21,7 @@ from shelby.api.audit import job_rows
 from shelby.api.auth import Access
 from shelby.api.endpoint import Call, Endpoint, Raw, endpoint_route
 from shelby.api.errors import ApiError
+from shelby.api.schemas import MAX_INT64
 from shelby.audit import proofs
 from shelby.audit.attestation import NoModel, attest
 from shelby.audit.checkpoint import Checkpoint, sign_checkpoint
@@ -34,8 +35,8 @@ from shelby.settings import data_dir_of
 
 __all__ = ["ENDPOINTS", "routes", "signing_key", "signing_key_path"]
 
-Size = Annotated[int, Meta(ge=0)]
-Position = Annotated[int, Meta(ge=1)]
+Size = Annotated[int, Meta(ge=0, le=MAX_INT64)]
+Position = Annotated[int, Meta(ge=1, le=MAX_INT64)]
 
 
 class _Wire(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -235,6 +236,7 @@ ENDPOINTS = [
         checkpoint,
         CheckpointView,
         tag="audit",
+        media_types=("text/plain", "application/json"),
     ),
     Endpoint(
         "GET",
