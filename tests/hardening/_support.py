@@ -5,14 +5,12 @@ chain verifies, no request ended in a 500)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from cli._logfile import verify as verify_log
 from conftest import ServerProcess
 
 
@@ -42,14 +40,7 @@ def head(server: ServerProcess) -> Head:
 
 def verify(server: ServerProcess) -> str:
     """``shelby verify`` on the server's database, beside the running server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "shelby", "verify", "--db", str(server.db)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    done = verify_log(server.db)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
