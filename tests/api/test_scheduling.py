@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from api._flow import create_job, register, run_to_running
 from conftest import ServerFactory, ServerProcess
@@ -65,8 +66,16 @@ def _assert_each_assigned_once(server: ServerProcess, results: list[list[str]]) 
     }
 
 
-def test_concurrent_pollers_assign_each_job_exactly_once(shelby_server: ServerProcess) -> None:
+@pytest.fixture
+def unhurried_server(server_factory: ServerFactory) -> ServerProcess:
+    """A server whose leases outlast a slow run: the pollers below never heartbeat,
+    and a lease that expired mid-test would hand a job out again, rightly."""
+    return server_factory("unhurried", lease_seconds=120)
+
+
+def test_concurrent_pollers_assign_each_job_exactly_once(unhurried_server: ServerProcess) -> None:
     """10 pollers racing over 50 jobs: every job is assigned once, to one node."""
+    shelby_server = unhurried_server
     with shelby_server.client() as c:
         for i in range(JOBS):
             create_job(c, f"c{i:02}")
@@ -82,9 +91,10 @@ def test_concurrent_pollers_assign_each_job_exactly_once(shelby_server: ServerPr
 
 
 def test_concurrent_long_pollers_assign_each_job_exactly_once(
-    shelby_server: ServerProcess,
+    unhurried_server: ServerProcess,
 ) -> None:
     """10 pollers waiting with `wait` while 50 jobs arrive: each is assigned once."""
+    shelby_server = unhurried_server
 
     async def run() -> list[list[str]]:
         nodes = await _register_all(shelby_server, POLLERS)

@@ -310,10 +310,13 @@ async def test_log_socket_for_an_unknown_job_closes_with_4404(
 
 
 async def test_a_reader_that_stops_reading_is_dropped_and_holds_up_no_one(
-    shelby_server: ServerProcess,
+    server_factory: ServerFactory,
 ) -> None:
     """A client that stops reading is cut off (1013) once its bounded queue overflows,
     having missed nothing before the cut; an attentive client meanwhile gets every line."""
+    # The agent below streams for a while without heartbeats: a lease that outlasts a
+    # slow machine keeps its attempt current (leases are not what this tests).
+    shelby_server = server_factory("slow-reader", lease_seconds=120)
     await _new_job(shelby_server, "tail-5")
     agent = await Agent.register(shelby_server)
     attempt = await agent.take("tail-5")
