@@ -92,6 +92,9 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+KEEPALIVE_EXPIRY = 30.0  # seconds an idle connection to the server is kept
+
+
 class AgentClient:
     """One node's conversation with the server. ``token`` is the node token once registered."""
 
@@ -106,7 +109,17 @@ class AgentClient:
         self.token: str | None = None
         self._timeout = timeout
         self._http = httpx.AsyncClient(
-            base_url=self.server, timeout=timeout, transport=transport, follow_redirects=False
+            base_url=self.server,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            # Longer than the heartbeat interval (at most 10 s), so that heartbeats reuse
+            # one connection; shorter than the server's keep-alive (75 s), so that an idle
+            # connection is closed by this side, never reused as the server closes it.
+            # The connection counts are httpx's defaults.
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
+            ),
         )
 
     async def aclose(self) -> None:

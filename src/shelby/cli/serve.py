@@ -25,6 +25,14 @@ __all__ = ["COMMANDS", "serve"]
 
 log = structlog.get_logger("shelby.serve")
 
+# How long an idle keep-alive connection stays open. uvicorn's default, 5 s, is shorter
+# than the heartbeat interval (up to 10 s), so every heartbeat of an idle agent cost a
+# new connection (accept, a protocol object, its teardown): at 1,000 nodes a fifth of the
+# event loop's time. It must also outlast the agent's own idle expiry (``AgentClient``,
+# 30 s), so that it is always the client that closes an idle connection: when both
+# close at the same moment, a request sent on the closing connection is reset.
+KEEP_ALIVE_SECONDS = 75
+
 
 def _route_stdlib_logging() -> None:
     """uvicorn logs through the standard library: send it out as the same JSON lines."""
@@ -237,6 +245,7 @@ async def _run(settings: Settings, with_agent: bool) -> None:
         access_log=False,
         log_config=None,
         server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=5,
     )
     server = _Server(config)
