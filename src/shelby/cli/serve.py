@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -231,6 +232,20 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _freeze_startup_objects() -> None:
+    """Leave what start-up made (modules, the app, the state loaded from the log) out of
+    the garbage collector's full collections from now on.
+
+    A full collection walks every tracked object: some 60,000 after start-up, tens of
+    milliseconds of CPU with the event loop stopped, every few seconds under load, so
+    each one lands in the heartbeats' tail latency. Frozen objects are still freed by
+    reference counting; only a cycle among them is never collected, and start-up's own
+    cycles are collected right before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def _run(settings: Settings, with_agent: bool) -> None:
     from shelby.api.app import create_app
 
@@ -252,19 +267,20 @@ async def _run(settings: Settings, with_agent: bool) -> None:
     serving = asyncio.create_task(server.serve())
     agent: subprocess.Popen[bytes] | None = None
     try:
-        if with_agent:
-            # uvicorn only exposes a ``started`` flag, no event to wait on.
-            while not server.started and not serving.done():  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            if server.started:
-                host = f"[{settings.host}]" if ":" in settings.host else settings.host
-                url = f"http://{host}:{settings.port}"
-                if settings.host in ("0.0.0.0", "::"):
-                    url = f"http://127.0.0.1:{settings.port}"
-                agent = server.agent = _start_agent(settings, url)
-                log.info(
-                    "agent started", pid=agent.pid, work_dir=str(data_dir_of(settings.db) / "agent")
-                )
+        # uvicorn only exposes a ``started`` flag, no event to wait on.
+        while not server.started and not serving.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if server.started:
+            _freeze_startup_objects()
+        if with_agent and server.started:
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            url = f"http://{host}:{settings.port}"
+            if settings.host in ("0.0.0.0", "::"):
+                url = f"http://127.0.0.1:{settings.port}"
+            agent = server.agent = _start_agent(settings, url)
+            log.info(
+                "agent started", pid=agent.pid, work_dir=str(data_dir_of(settings.db) / "agent")
+            )
         await serving
     finally:
         if agent is not None:
