@@ -467,6 +467,7 @@ class ServerSamples:
     rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
     cpu_marks: dict[str, float] = field(default_factory=dict)
     wall_marks: dict[str, float] = field(default_factory=dict)
+    stall_marks: dict[str, float] = field(default_factory=dict)
     host_cpu: list[float] = field(default_factory=list)  # whole machine, % of all cores
 
     def cpu(self) -> float:
@@ -478,10 +479,28 @@ class ServerSamples:
     def mark(self, name: str) -> None:
         self.cpu_marks[name] = self.cpu()
         self.wall_marks[name] = time.perf_counter()
+        self.stall_marks[name] = _cpu_stalled()
 
     def cpu_pct(self, start: str, end: str) -> float:
         wall = self.wall_marks[end] - self.wall_marks[start]
         return 100 * (self.cpu_marks[end] - self.cpu_marks[start]) / max(wall, 1e-9)
+
+    def pressure_pct(self, start: str, end: str) -> float:
+        """The machine's CPU pressure between two marks: the share of the time in which
+        some runnable task waited for a core (Linux PSI, ``/proc/pressure/cpu``). On a
+        machine shared with other work this, not our load, is what sets the tail."""
+        wall = self.wall_marks[end] - self.wall_marks[start]
+        stalled = self.stall_marks[end] - self.stall_marks[start]
+        return 100 * stalled / max(wall, 1e-9)
+
+
+def _cpu_stalled() -> float:
+    """Seconds in which some task waited for a CPU since boot (nan without PSI)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return float("nan")
+    return int(line.rpartition("total=")[2]) / 1e6
 
 
 def run_generator(

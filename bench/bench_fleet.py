@@ -42,7 +42,7 @@ RATE_LIMIT = "1000/second"  # per token; the 1,000 registrations come on one joi
 P99_LIMIT_MS = 100.0
 
 
-def _row(step: dict[str, Any], server_cpu: float) -> str:
+def _row(step: dict[str, Any], server_cpu: float, pressure: float) -> str:
     requests = step["scheduled_heartbeats"] + step["scheduled_log_batches"]
     return (
         f"    {step['label']:<11}{step['target_hb_rate']:7,.0f} hb/s"
@@ -51,7 +51,7 @@ def _row(step: dict[str, Any], server_cpu: float) -> str:
         f"  errors {step['errors'] + step['unanswered']}"
         f"  server CPU {server_cpu:4.0f} % ({10_000 * server_cpu * step['seconds'] / requests:4.0f}"
         f" us/request)  generator {step['generator_cpu_pct']:3.0f} %"
-        f" (lag p99 {step['lag_p99_ms']:5.1f} ms)"
+        f" (lag p99 {step['lag_p99_ms']:5.1f} ms)  CPU pressure {pressure:3.0f} %"
     )
 
 
@@ -116,7 +116,9 @@ def main(quick: bool = False) -> None:
         f"  CPU         server {server_cpu:.1f} % of a core"
         f" ({10_000 * server_cpu * steady['seconds'] / requests:.0f} us a request); generator"
         f" {steady['generator_cpu_pct']:.1f} % (its loop lag p99 {steady['lag_p99_ms']:.1f} ms);"
-        f" whole machine (both cores, other work included) {host:.0f} %"
+        f" whole machine (both cores, other work included) {host:.0f} %;"
+        f" CPU pressure {samples.pressure_pct('phase_start:fleet#1', 'phase_end:fleet#1'):.0f} %"
+        " (time some task waited for a core)"
     )
     print(
         f"  server RSS  start {rss[0]:.1f} MiB, end {rss[-1]:.1f} MiB, max {max(rss):.1f} MiB"
@@ -128,7 +130,8 @@ def main(quick: bool = False) -> None:
     )
     for step in steps:
         mark = f"{step['label']}#1"
-        print(_row(step, samples.cpu_pct(f"phase_start:{mark}", f"phase_end:{mark}")))
+        edges = (f"phase_start:{mark}", f"phase_end:{mark}")
+        print(_row(step, samples.cpu_pct(*edges), samples.pressure_pct(*edges)))
         for sample in step["error_samples"][:3]:
             print(f"      error: {sample}")
     held = found["held_mult"] * NODES / interval

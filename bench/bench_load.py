@@ -101,7 +101,9 @@ def main(quick: bool = False) -> None:
         f"  CPU         server {server_cpu:.0f} % of a core"
         f" ({10_000 * server_cpu * phase['seconds'] / requests:.0f} us a request); generator"
         f" {phase['generator_cpu_pct']:.0f} % (its loop lag p99 {phase['lag_p99_ms']:.1f} ms);"
-        f" whole machine (both cores, other work included) {sum(host) / max(len(host), 1):.0f} %"
+        f" whole machine (both cores, other work included) {sum(host) / max(len(host), 1):.0f} %;"
+        f" CPU pressure {run.samples.pressure_pct('phase_start:load#1', 'phase_end:load#1'):.0f} %"
+        " (time some task waited for a core)"
     )
     print(
         f"  server RSS  start {rss['start']:.1f} MiB, after {warmup:.0f} s {rss['warm']:.1f} MiB,"
