@@ -50,6 +50,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     timeout_grace_seconds: float = 30.0
     max_body_bytes: int = 1 << 20
     max_script_bytes: int = 8 << 20
+    # A request's line and headers: at most this long, and complete this soon after the
+    # connection opens or the request begins (shelby.api.protocol).
+    max_head_bytes: int = 64 << 10
+    head_timeout_seconds: float = 10.0
     # An operator's Ed25519 key file (PEM); empty: one made in the data directory.
     signing_key: str = ""
     # Heartbeats and log lines older than this many days move to archive segments
@@ -92,6 +96,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["sweep_interval"] = float(env["SHELBY_SWEEP_INTERVAL"])
         if "SHELBY_TIMEOUT_GRACE_SECONDS" in env:
             values["timeout_grace_seconds"] = float(env["SHELBY_TIMEOUT_GRACE_SECONDS"])
+        if "SHELBY_HEAD_TIMEOUT_SECONDS" in env:
+            values["head_timeout_seconds"] = float(env["SHELBY_HEAD_TIMEOUT_SECONDS"])
         if "SHELBY_SIGNING_KEY" in env:
             values["signing_key"] = env["SHELBY_SIGNING_KEY"]
         if "SHELBY_RETENTION_DAYS" in env:
@@ -108,6 +114,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def validate(self) -> None:
         if self.lease_seconds <= 0:
             raise ValueError("the lease must be a positive number of seconds")
+        if self.head_timeout_seconds <= 0:
+            raise ValueError("the head timeout must be a positive number of seconds")
         parse_rate_limit(self.rate_limit)
         if self.retention_days < 0:
             raise ValueError("retention is a number of days, 0 for none")

@@ -248,6 +248,7 @@ def _freeze_startup_objects() -> None:
 
 async def _run(settings: Settings, with_agent: bool) -> None:
     from shelby.api.app import create_app
+    from shelby.api.protocol import bounded_protocol
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -255,7 +256,9 @@ async def _run(settings: Settings, with_agent: bool) -> None:
         host=settings.host,
         port=settings.port,
         loop="none",
-        http="httptools",
+        http=bounded_protocol(
+            max_head_bytes=settings.max_head_bytes, head_timeout=settings.head_timeout_seconds
+        ),
         lifespan="on",
         access_log=False,
         log_config=None,
