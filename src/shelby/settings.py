@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # connection opens or the request begins (shelby.api.protocol).
     max_head_bytes: int = 64 << 10
     head_timeout_seconds: float = 10.0
+    # A request's body must arrive whole this soon after its head (shelby.api.endpoint).
+    body_timeout_seconds: float = 60.0
     # An operator's Ed25519 key file (PEM); empty: one made in the data directory.
     signing_key: str = ""
     # Heartbeats and log lines older than this many days move to archive segments
@@ -98,6 +100,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values["timeout_grace_seconds"] = float(env["SHELBY_TIMEOUT_GRACE_SECONDS"])
         if "SHELBY_HEAD_TIMEOUT_SECONDS" in env:
             values["head_timeout_seconds"] = float(env["SHELBY_HEAD_TIMEOUT_SECONDS"])
+        if "SHELBY_BODY_TIMEOUT_SECONDS" in env:
+            values["body_timeout_seconds"] = float(env["SHELBY_BODY_TIMEOUT_SECONDS"])
         if "SHELBY_SIGNING_KEY" in env:
             values["signing_key"] = env["SHELBY_SIGNING_KEY"]
         if "SHELBY_RETENTION_DAYS" in env:
@@ -114,8 +118,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def validate(self) -> None:
         if self.lease_seconds <= 0:
             raise ValueError("the lease must be a positive number of seconds")
-        if self.head_timeout_seconds <= 0:
-            raise ValueError("the head timeout must be a positive number of seconds")
+        if self.head_timeout_seconds <= 0 or self.body_timeout_seconds <= 0:
+            raise ValueError("the head and body timeouts must be positive numbers of seconds")
         parse_rate_limit(self.rate_limit)
         if self.retention_days < 0:
             raise ValueError("retention is a number of days, 0 for none")

@@ -38,7 +38,7 @@ from shelby.agent.runner import Assignment, AttemptRunner, Script
 
 __all__ = ["module_server"]
 
-HEAD_TIMEOUT = 1.5  # seconds, for the slow clients' server
+SLOW_TIMEOUT = 1.5  # seconds for a head or a body, on the slow clients' server
 
 
 @pytest.fixture
@@ -96,41 +96,57 @@ def test_a_malformed_request_is_400_with_a_detail(
         assert _exchange(module_server, raw) == (400, {"detail": "malformed HTTP request"})
 
 
-async def _slow_client(server: ServerProcess, trickle: bool) -> tuple[float, bytes]:
-    """A connection that sends a head a byte every 50 ms (or nothing at all); when and
-    what the server answers."""
+SLOW_HEAD = b"GET /api/frontend/system/health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 1000
+SLOW_BODY = (
+    b"POST /api/jobs/create HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+)
+
+
+async def _slow_client(server: ServerProcess, kind: str) -> tuple[float, bytes]:
+    """A connection that sends nothing, or its head a byte every 50 ms, or a whole head
+    and then its body a byte every 50 ms; when and what the server answers."""
     started = time.monotonic()
     reader, writer = await asyncio.open_connection(server.host, server.port)
+    if kind == "body":
+        writer.write(SLOW_BODY % server.admin_token.encode())
 
     async def drip() -> None:
-        head_bytes = b"GET /api/frontend/system/health HTTP/1.1\r\nHost: x\r\nX-Slow: "
-        for i in range(10_000):
-            writer.write(head_bytes[i : i + 1] or b"z")
+        for byte in SLOW_HEAD if kind == "head" else b" " * 1000:
+            writer.write(bytes([byte]))
             await writer.drain()
             await asyncio.sleep(0.05)
 
-    dripping = asyncio.create_task(drip()) if trickle else None
+    async def answer() -> bytes:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as closed:
+            return closed.partial
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        return head + await reader.readexactly(length)
+
+    dripping = asyncio.create_task(drip()) if kind != "silent" else None
     try:
-        answer = await asyncio.wait_for(reader.read(), timeout=HEAD_TIMEOUT + 5)
+        answered = await asyncio.wait_for(answer(), timeout=SLOW_TIMEOUT + 5)
     finally:
         if dripping is not None:
             dripping.cancel()
         writer.close()
-    return time.monotonic() - started, answer
+    return time.monotonic() - started, answered
 
 
 def test_slow_clients_do_not_stop_others_and_are_cut_off(server_factory: ServerFactory) -> None:
-    """50 connections sending their heads a byte at a time (or nothing): uvicorn held
-    each open for ever. Meanwhile every normal request is answered at once, and at the
-    head timeout each slow connection is answered 408 with a detail and closed (one
-    that sent nothing is closed quietly)."""
-    server = server_factory(
-        "slow", lease_seconds=60, env={"SHELBY_HEAD_TIMEOUT_SECONDS": str(HEAD_TIMEOUT)}
-    )
+    """50 connections sending their heads or bodies a byte at a time (or nothing):
+    uvicorn held each open for ever. Meanwhile every normal request is answered at
+    once, and at the timeout each slow connection is answered 408 with a detail and
+    closed (one that sent nothing is closed quietly)."""
+    timeouts = {"SHELBY_HEAD_TIMEOUT_SECONDS": "1.5", "SHELBY_BODY_TIMEOUT_SECONDS": "1.5"}
+    server = server_factory("slow", lease_seconds=60, env=timeouts)
     before = head(server)
+    kinds = ["silent", "head", "head", "body", "body"] * 10
 
     async def run() -> tuple[list[tuple[float, bytes]], list[float]]:
-        slow = [asyncio.create_task(_slow_client(server, trickle=i % 5 != 0)) for i in range(50)]
+        slow = [asyncio.create_task(_slow_client(server, kind)) for kind in kinds]
         await asyncio.sleep(0.3)  # all of them open and dripping
         took = []
         async with server.async_client() as c:
@@ -144,13 +160,16 @@ def test_slow_clients_do_not_stop_others_and_are_cut_off(server_factory: ServerF
 
     slow, took = asyncio.run(run())
     assert max(took) < 1.0, took
-    for i, (seconds, answer) in enumerate(slow):
-        if i % 5 == 0:  # sent nothing: closed quietly, as an idle keep-alive connection
+    for kind, (seconds, answer) in zip(kinds, slow, strict=True):
+        if kind == "silent":  # closed quietly, as an idle keep-alive connection is
             assert answer == b""
         else:
             assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-            assert answer.endswith(b'{"detail":"the request head did not arrive within 1.5 s"}')
-        assert HEAD_TIMEOUT - 0.1 < seconds < HEAD_TIMEOUT + 3, seconds
+            part = b"head" if kind == "head" else b"body"
+            assert answer.endswith(
+                b'{"detail":"the request %s did not arrive within 1.5 s"}' % part
+            )
+        assert SLOW_TIMEOUT - 0.1 < seconds < SLOW_TIMEOUT + 3, (kind, seconds)
     assert head(server) == before
 
 

@@ -9,6 +9,7 @@ encoded by msgspec, with nothing in between that the heartbeat path would pay fo
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -100,10 +101,20 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def _read_body(scope: Scope, receive: Receive, limit: int, within: float) -> bytes:
+    """The whole body, at most ``limit`` bytes (else 413), within ``within`` seconds
+    (else 408): a client trickling a body would otherwise hold its request for ever."""
     declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the body is larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(within):
+            return await _receive_body(receive, limit)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {within:g} s") from None
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -260,7 +271,7 @@ class EndpointApp:
         body = None
         if self._body_decoder is not None:
             limit = getattr(service.settings, ep.body_limit)
-            raw = await _read_body(scope, receive, limit)
+            raw = await _read_body(scope, receive, limit, service.settings.body_timeout_seconds)
             body = _decode_body(self._body_decoder, ep.body, raw)
         params = scope["path_params"]
         job_id = (

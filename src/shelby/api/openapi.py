@@ -30,6 +30,7 @@ _ERROR_TEXT = {
     401: "Missing or unknown token",
     403: "A valid token used outside its scope",
     404: "Not found",
+    408: "The body did not arrive in time",
     409: "The request conflicts with the current state",
     413: "The request is too large",
     422: "The body or query does not fit the schema; `detail` names the field",
@@ -102,6 +103,8 @@ def openapi_document(endpoints: Sequence[Endpoint], *, version: str) -> dict[str
                 "content": {"application/json": {"schema": schema_of[ep.body]}},
             }
         errors = set(ep.errors) | {429, 500}
+        if ep.body is not None:
+            errors |= {408}
         if ep.access is not Access.PUBLIC:
             errors |= {401}
         for code in sorted(errors):
