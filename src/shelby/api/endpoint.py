@@ -10,6 +10,8 @@ encoded by msgspec, with nothing in between that the heartbeat path would pay fo
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -174,6 +176,11 @@ def _decode_body(decoder: msgspec.json.Decoder[Any], type_: Any, raw: bytes) -> 
         except msgspec.ValidationError as exc:
             return _whole_floats_as_ints(raw, type_, exc)
     except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "out of range - at `$[" in text:
+            where = _out_of_range_at(raw)
+            if where is not None:
+                raise ApiError(422, f"{where}: {text.partition(' - at ')[0]}") from None
         raise ApiError(422, _field_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
@@ -181,6 +188,46 @@ def _decode_body(decoder: msgspec.json.Decoder[Any], type_: Any, raw: bytes) -> 
         # msgspec refuses to go deeper than the interpreter's stack allows (about a
         # thousand levels); anything that deep is no body of ours.
         raise ApiError(400, "malformed JSON: nested too deeply") from None
+
+
+class _OutOfRange:
+    pass
+
+
+def _out_of_range_at(raw: bytes) -> str | None:
+    """Where the first number too large to hold is, as ``meta.lr`` or ``lines[2].timestamp``.
+
+    msgspec checks a number's range while it parses, where it does not know the field
+    yet (``at `$[...]```); this second reading, only on that refusal, finds it.
+    """
+
+    def integer(text: str) -> int | _OutOfRange:
+        try:
+            return int(text)
+        except ValueError:  # past the interpreter's digit limit, as for msgspec
+            return _OutOfRange()
+
+    def number(text: str) -> float | _OutOfRange:
+        value = float(text)
+        return _OutOfRange() if math.isinf(value) else value
+
+    try:
+        data = json.loads(raw, parse_int=integer, parse_float=number)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, _OutOfRange):
+            return where or "$"
+        if isinstance(value, dict):
+            items = [(f"{where}.{k}" if where else k, v) for k, v in value.items()]
+        elif isinstance(value, list):
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            continue
+        stack.extend(reversed(items))
+    return None
 
 
 def _decode_query(type_: Any, query_string: bytes) -> Any:
