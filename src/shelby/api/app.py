@@ -3,7 +3,6 @@ Starlette app, with the ``Service`` on ``app.state.service``."""
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -110,10 +109,6 @@ def create_app(
         sweeper.start()
         if retention is not None:
             retention.start()
-        # What start-up built (modules, routes, schemas, caches) lives as long as the
-        # server: out of the collector's sight, a full collection walks only what
-        # requests made since, instead of pausing every few dozen requests for ~100 ms.
-        gc.freeze()
         try:
             yield
         finally:
