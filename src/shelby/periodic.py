@@ -42,8 +42,8 @@ class Periodic:
         while True:
             try:
                 await self.step()
-            except StoreError as exc:
-                log.warning(f"{self.what} skipped: store unavailable", error=str(exc))
+            except StoreError as exc:  # the store's own refusal: the next run may pass
+                log.warning(f"{self.what} skipped", error=str(exc))
             except Exception:
                 log.exception(f"{self.what} failed")
             await asyncio.sleep(self.interval)

@@ -136,8 +136,9 @@ def verify(ctx: click.Context, db: str, segment: Path | None) -> None:
             archived = f" ({count} of them in {len(entries)} archive segments)"
         for path in left:
             click.echo(
-                f"note: {path} is listed by no HistoryArchived event (an archive run stopped"
-                " before committing; its rows are still in the log): the next run removes it",
+                f"note: {path} is listed by no HistoryArchived event (an archive run that did"
+                " not commit, or has not yet; its rows are still in the log): the next run"
+                " removes it",
                 err=True,
             )
     click.echo(f"ok: {verdict.count} events{archived}, head {verdict.head_hash}")
