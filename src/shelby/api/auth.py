@@ -62,15 +62,19 @@ def admin_token_valid(service: Service, token: str | None) -> bool:
     return token is not None and _is(token_hash(token), service.admin_hash)
 
 
-def authorize(service: Service, access: Access, token: str | None) -> Principal:
-    """The principal for ``token`` on an endpoint of ``access``, or the 401/403."""
+def authorize(
+    service: Service, access: Access, token: str | None, hashed: str | None = None
+) -> Principal:
+    """The principal for ``token`` on an endpoint of ``access``, or the 401/403.
+    ``hashed`` is the token's hash when the caller has it already."""
     if access is Access.PUBLIC:
         return ANONYMOUS
     if service.settings.dev:
         return DEV
     if token is None:
         raise ApiError(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    hashed = token_hash(token)
+    if hashed is None:
+        hashed = token_hash(token)
     is_admin = _is(hashed, service.admin_hash)
     is_join = _is(hashed, service.join_hash)
     node_id = service.node_of_token(hashed)

@@ -280,25 +280,29 @@ class EndpointApp:
                     log.warning("store unavailable", error=err.detail)
             await send_json(send, err.status, error_body(err.detail), err.headers)
 
-    async def _authorize(self, service: Service, token: str | None) -> Principal:
+    async def _authorize(
+        self, service: Service, token: str | None, hashed: str | None
+    ) -> Principal:
         try:
-            return authorize(service, self.endpoint.access, token)
+            return authorize(service, self.endpoint.access, token, hashed)
         except ApiError as refused:
             # An unknown token may be a node that registered through another replica
             # a moment ago; ask the projection once before refusing.
-            if refused.status != 401 or token is None:
+            if refused.status != 401 or token is None or hashed is None:
                 raise
-            if not await service.learn_token(token_hash(token)):
+            if not await service.learn_token(hashed):
                 raise
-            return authorize(service, self.endpoint.access, token)
+            return authorize(service, self.endpoint.access, token, hashed)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ep = self.endpoint
         service: Service = scope["app"].state.service
         limiter: RateLimit = scope["app"].state.rate_limit
         token = bearer_token(_header(scope, b"authorization"))
+        # Hashed once: authorizing and the rate limit's key both use it.
+        hashed = None if token is None else token_hash(token)
         try:
-            principal = await self._authorize(service, token)
+            principal = await self._authorize(service, token, hashed)
         except ApiError:
             # Refused requests count against the client's address: inventing a new
             # token per request must not buy a fresh allowance each time.
@@ -307,8 +311,8 @@ class EndpointApp:
                 limiter.check("a:" + (client[0] if client else "?"))
             raise
         if limiter.enabled:
-            if token is not None and principal.kind != "anonymous":
-                limiter.check("t:" + token_hash(token))
+            if hashed is not None and principal.kind != "anonymous":
+                limiter.check("t:" + hashed)
             else:
                 client = scope.get("client")
                 limiter.check("a:" + (client[0] if client else "?"))
