@@ -377,6 +377,22 @@ def test_the_same_usage_report_again_is_counted_once() -> None:
     ]
 
 
+def test_equal_increments_are_taken_for_resends() -> None:
+    """The limit README's "Beyond the contract" states: the decider cannot tell a resend
+    from a new report with the same amounts, so a run of equal increments records only
+    its first, and a resend after a different report is recorded again."""
+    idle = ReportJobUsage(job_id=J, node_id=N, attempt=1, wall_seconds=60.0)
+    history: list[Event] = [*RUNNING]
+    recorded: list[Event] = []
+    for _ in range(3):
+        decided = when(history, idle)
+        history += decided
+        recorded += decided
+    assert recorded == [UsageReported(node_id=N, job_id=J, attempt=1, wall_seconds=60.0)]
+    other = UsageReported(node_id=N, job_id=J, attempt=1, wall_seconds=30.0)
+    assert when([*history, other], idle) == [recorded[0]]
+
+
 def test_usage_from_another_node_conflicts() -> None:
     """A node cannot report usage for a job it does not hold."""
     with pytest.raises(Conflict):
