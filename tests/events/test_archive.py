@@ -202,6 +202,23 @@ async def test_a_flipped_byte_in_a_segment_is_detected(log: tuple[Path, ManualCl
     assert event.segment in verdict.problem.reason
 
 
+async def test_a_segment_with_many_changed_rows_names_the_first_and_counts_them_all(
+    log: tuple[Path, ManualClock],
+) -> None:
+    """Past the first few problems the check names no more, but still counts and digests
+    every row: it reports no count or digest mismatch that is not there."""
+    path, clock = log
+    event = await _archive(path, clock)
+    segment = path.parent / "archive" / event.segment
+    data = segment.read_bytes()
+    assert data.count(b'"cpuUsage":') > 10  # one in each archived heartbeat
+    segment.write_bytes(data.replace(b'"cpuUsage":', b'"bpuUsage":'))
+    manifest, problems = check_segment(segment)
+    assert manifest is not None and manifest.count == event.count
+    assert len(problems) == 10, problems
+    assert all("hash does not match the event's contents" in p for p in problems), problems
+
+
 async def test_a_missing_segment_is_reported_and_rebuild_refuses(
     log: tuple[Path, ManualClock],
 ) -> None:

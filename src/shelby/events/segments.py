@@ -258,25 +258,31 @@ def _check_rows(
     digest = hashlib.sha256()
     count = first = last = 0
     prev: tuple[int, str] | None = None
+
+    def note(problem: str) -> None:
+        # Only the first few are named, but every row is still counted and digested:
+        # stopping early would add a count or digest mismatch that is not there.
+        if len(problems) < _MAX_PROBLEMS:
+            problems.append(problem)
+
     for rows in _chunks(conn):
         leaves = _leaves(log, rows[0][0], rows[-1][0]) if log is not None else {}
         for row in rows:
             seq, prev_hash, hash_ = row[0], row[6], row[7]
-            if len(problems) >= _MAX_PROBLEMS:
-                break
-            reason = row_problem(row)
-            if reason is not None:
-                problems.append(f"event {seq}: {reason}")
+            if len(problems) < _MAX_PROBLEMS:  # the costly check, while it can be named
+                reason = row_problem(row)
+                if reason is not None:
+                    note(f"event {seq}: {reason}")
             if prev is not None and seq == prev[0] + 1 and prev_hash != prev[1]:
-                problems.append(f"event {seq}: prev_hash is not the hash of event {seq - 1}")
+                note(f"event {seq}: prev_hash is not the hash of event {seq - 1}")
             try:
                 entry = bytes.fromhex(hash_)
             except ValueError:
-                problems.append(f"event {seq}: its hash is not hex")
+                note(f"event {seq}: its hash is not hex")
                 entry = b""
             digest.update(entry)
             if log is not None and leaves.get(seq) != leaf_hash(entry):
-                problems.append(f"event {seq}: its hash is not the log's Merkle leaf {seq - 1}")
+                note(f"event {seq}: its hash is not the log's Merkle leaf {seq - 1}")
             first = first or seq
             last, count, prev = seq, count + 1, (seq, hash_)
     return count, first, last, digest.hexdigest()
