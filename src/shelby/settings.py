@@ -163,6 +163,10 @@ def parse_rate_limit(text: str) -> str | None:
     return text
 
 
+MAX_SIZE = 2**63 - 1
+"""The largest size a resource limit can be set to (``setrlimit`` takes a signed 64 bits
+in Python; above it, ``OverflowError``)."""
+
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -176,10 +180,12 @@ def parse_size(text: str) -> int:
     number = value.removesuffix(unit) if unit else value
     try:
         size = int(float(number) * _SIZE_UNITS[unit])
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf, 1e400
         raise ValueError(f"{text!r} is not a size such as 512M, 4G or off") from None
     if size < 0:
         raise ValueError(f"{text!r}: a size cannot be negative")
+    if size > MAX_SIZE:
+        raise ValueError(f"{text!r}: larger than any limit the kernel takes (8 EiB)")
     return size
 
 

@@ -3,13 +3,17 @@ the run-as user built."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from shelby.agent.process import SHIM
 from shelby.agent.sandbox import RunAs, Sandbox, freeze
 from shelby.settings import parse_size
 
@@ -22,9 +26,25 @@ def test_sizes_are_read_in_powers_of_1024_and_off_means_none() -> None:
     assert parse_size("12MB") == 12 * 2**20
     assert parse_size("1048576") == 2**20
     assert [parse_size(t) for t in ("0", "off", "None", "unlimited")] == [0, 0, 0, 0]
-    for bad in ("lots", "G", "-1G"):
+    assert parse_size("8388607T") == 8388607 * 2**40  # just under 8 EiB
+    for bad in ("lots", "G", "-1G", "inf", "1e400", "1e19", "8E"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_the_shim_says_why_it_cannot_start_a_job_and_exits_126() -> None:
+    """A child of the shim that fails before exec (here a limit setrlimit cannot hold)
+    reports why and exits 126, never running on into the shim's own code."""
+    config = json.dumps({"rlimits": {"DATA": 2**70}, "parent": os.getpid()})
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(SHIM), config, "--", "true"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 126, done.stderr
+    assert done.stderr.decode().startswith("shelby: cannot start true: "), done.stderr
+    assert b"Traceback" not in done.stderr
 
 
 def test_a_failure_names_the_limit_its_last_words_point_at() -> None:
