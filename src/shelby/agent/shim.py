@@ -177,8 +177,11 @@ class Shim:
                 os._exit(code)
             code = 127
             os.execvp(self.argv[0], self.argv)
-        except OSError as exc:
-            message = f"shelby: cannot start {self.argv[0]}: {exc.strerror or exc}\n"
+        except BaseException as exc:
+            # A forked child must not return into the shim's own code (a limit setrlimit
+            # cannot hold raises OverflowError): whatever failed, it says why and exits.
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            message = f"shelby: cannot start {self.argv[0]}: {why}\n"
             with contextlib.suppress(OSError):
                 os.write(report, message.encode())
         os._exit(code)
