@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from shelby.events.wal import WalCheckpointer
@@ -58,6 +59,35 @@ def test_the_writer_no_longer_checkpoints_on_its_own(tmp_path: Path) -> None:
     wal.attach(conn)
     try:
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    finally:
+        wal.close()
+        conn.close()
+
+
+def test_a_checkpointer_that_could_not_open_the_log_tries_again(tmp_path: Path) -> None:
+    """The log cannot be opened when the checkpointer first tries (its directory is
+    away, as when no file descriptor is left): it tries again at the next checkpoint
+    rather than ending, and a writer opened again can still hand it over."""
+    home = tmp_path / "log"
+    home.mkdir()
+    path = home / "log.db"
+    conn = _writer(path)
+    wal = WalCheckpointer(path, every_commits=1)
+    home.rename(tmp_path / "away")
+    try:
+        wal.attach(conn)
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+        wal.committed(conn)  # a checkpoint, which cannot open the log
+        time.sleep(0.3)
+        (tmp_path / "away").rename(home)
+        wal.attach(conn)  # as after a fault, when the writer's connection is opened again
+        for _ in range(20):
+            conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+            wal.committed(conn)
+        deadline = time.monotonic() + 10
+        while os.path.getsize(path) < 20 * 3000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.getsize(path) >= 20 * 3000  # the WAL's pages reached the database
     finally:
         wal.close()
         conn.close()

@@ -44,6 +44,8 @@ class WalCheckpointer:
         """Take over checkpointing from a (new) writer connection."""
         writer.execute("PRAGMA wal_autocheckpoint = 0")
         if not self._thread.is_alive() and not self._closing:
+            if self._thread.ident is not None:  # it ran and ended: a thread starts once
+                self._thread = threading.Thread(target=self._run, name="shelby-wal", daemon=True)
             self._thread.start()
 
     def committed(self, writer: sqlite3.Connection) -> None:
@@ -75,12 +77,23 @@ class WalCheckpointer:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             # The copy into the database file is fsynced before the WAL is reused.
             conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _run(self) -> None:
+        # Opened at the first checkpoint and, should that fail (no file descriptor
+        # left), at the next: with the writer's own checkpoints off, a thread that
+        # ended here would leave the WAL to grow for as long as the server runs.
+        conn: sqlite3.Connection | None = None
+        try:
             while True:
                 self._wake.wait()
                 self._wake.clear()
@@ -89,6 +102,8 @@ class WalCheckpointer:
                 if self._reset_wanted:
                     continue  # the writer finishes this one
                 try:
+                    if conn is None:
+                        conn = self._connect()
                     with self._lock:
                         _busy, frames, _copied = conn.execute(
                             "PRAGMA wal_checkpoint(PASSIVE)"
@@ -99,4 +114,5 @@ class WalCheckpointer:
                 if frames >= self._reset_frames:
                     self._reset_wanted = True
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
