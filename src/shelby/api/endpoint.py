@@ -237,9 +237,10 @@ def _decode_query(type_: Any, query_string: bytes) -> Any:
     ``None``; a parameter that is there stands for a value, so that is refused, as a
     parameter given twice is (the document describes one value each).
     """
+    known = {f.encode_name for f in msgspec.structs.fields(type_)}
     pairs: dict[str, str] = {}
     for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-        if name in pairs:
+        if name in pairs and name in known:  # an unknown one is ignored, however given
             raise ApiError(422, f"{name}: given more than once")
         pairs[name] = value
     try:
