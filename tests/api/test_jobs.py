@@ -114,10 +114,12 @@ def test_upload_script_hashes_and_defaults_the_entrypoint(shelby_server: ServerP
 
 
 def test_entrypoint_must_stay_inside_the_job_directory(shelby_server: ServerProcess) -> None:
-    """An absolute path, .., a backslash or an empty part in entrypoint is 422."""
+    """An absolute path, .., a backslash, an empty part or a control character (a final
+    newline too) in entrypoint is 422."""
     with shelby_server.client() as c:
         create_job(c, "s2", script=None)
-        for bad in ("/etc/passwd", "../up.py", "a/../../b.py", "a\\b.py", "a//b.py", "./x.py", ""):
+        bad_ones = ("/etc/passwd", "../up.py", "a/../../b.py", "a\\b.py", "a//b.py", "./x.py", "")
+        for bad in (*bad_ones, "train.py\n", "a\tb.py"):
             r = c.post(
                 "/api/jobs/upload-script", json={"jobId": "s2", "script": "x", "entrypoint": bad}
             )
