@@ -333,11 +333,13 @@ def test_finish_validation_and_failure(shelby_server: ServerProcess) -> None:
             "/api/jobs/finish", json={"jobId": "x", "nodeId": "n", "status": "finished"}
         )
         bad_hash = node.finish("x", modelHash="abc")
+        newline = node.finish("x", modelHash=MODEL_HASH + "\n")
         bad_status = node.finish("x", status="done")
         failed = node.finish("x", status="failed", exitCode=2, error="exit 2")
         view = c.get("/api/frontend/jobs/x").json()
     assert no_hash.status_code == 422 and "modelHash" in no_hash.json()["detail"]
     assert bad_hash.status_code == 422 and "modelHash" in bad_hash.json()["detail"]
+    assert newline.status_code == 422 and "modelHash" in newline.json()["detail"]
     assert bad_status.status_code == 422 and "status" in bad_status.json()["detail"]
     assert failed.json() == {"jobId": "x", "status": "failed"}
     assert view["status"] == "failed" and view["exitCode"] == 2 and view["error"] == "exit 2"

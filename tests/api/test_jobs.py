@@ -75,9 +75,11 @@ def test_create_validates_its_body(shelby_server: ServerProcess) -> None:
     """A body that does not fit the schema is 422 and the detail names the field."""
     with shelby_server.client() as c:
         bad_id = c.post("/api/jobs/create", json={"jobId": "../etc"})
+        newline = c.post("/api/jobs/create", json={"jobId": "job\n"})  # Python's $ took it
         bad_attempts = c.post("/api/jobs/create", json={"maxAttempts": 0})
         bad_type = c.post("/api/jobs/create", json={"runtimeMinutesEstimate": "soon"})
     assert bad_id.status_code == 422 and "jobId" in bad_id.json()["detail"]
+    assert newline.status_code == 422 and "jobId" in newline.json()["detail"]
     assert bad_attempts.status_code == 422 and "maxAttempts" in bad_attempts.json()["detail"]
     assert bad_type.status_code == 422 and "runtimeMinutesEstimate" in bad_type.json()["detail"]
 

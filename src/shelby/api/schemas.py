@@ -56,11 +56,11 @@ __all__ = [
 Identifier = Annotated[
     str,
     Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$(?!\n)",  # (?!\n): see RELATIVE_PATH
         description="Letters, digits and . _ : - (at most 128), starting with a letter or digit.",
     ),
 ]
-ModelHash = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+ModelHash = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$(?!\n)")]
 # Numbers are bounded where the server computes with them or hands them to the database:
 # a position beyond what SQLite's INTEGER and PostgreSQL's BIGINT hold made the driver
 # raise (a 500), and a doubled estimate or a sum of reports beyond a float's range
