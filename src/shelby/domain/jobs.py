@@ -83,7 +83,9 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     # node repeats (its first answer was lost) is recognised rather than refused.
     released: frozenset[tuple[int, str]] = frozenset()
     # The last usage report, so that one the node sends again (its answer was lost)
-    # is recognised rather than counted twice.
+    # is recognised rather than counted twice. A new report with the same amounts
+    # cannot be told from such a resend and is dropped too (README, "Beyond the
+    # contract": not what API.md's summed usage says).
     last_usage: UsageReported | None = None
 
 
