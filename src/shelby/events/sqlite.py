@@ -370,27 +370,38 @@ class SQLiteEventStore:
             conn.execute("UPDATE projection_positions SET seq = ?", (head.seq,))
             conn.execute("COMMIT")
         except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            # Whatever this batch loaded into memory may have been rolled back with it:
-            # an impossible head makes the next batch reload head, versions and tree.
-            self._head = Head(-1, "")
-            err: StoreError
-            if _is_fault(exc):
-                log.warning("the event store cannot take writes", error=str(exc))
-                err = self._fault(exc)
-                if _breaks_connection(exc):
-                    self._drop_writer()  # the next batch opens it again
-            else:
-                log.exception("the writer failed")
-                err = StoreError(f"the event store failed: {exc}")
-            return [err] * len(batch)
+            return [self._abandon(conn, exc)] * len(batch)
+        self._committed(conn, head, tree, versions)
+        return staged
+
+    def _abandon(self, conn: sqlite3.Connection, exc: Exception) -> StoreError:
+        """Roll back a failed write transaction; the error its callers get.
+
+        Whatever the transaction loaded into memory may have been rolled back with it:
+        an impossible head makes the next one reload head, versions and tree."""
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        self._head = Head(-1, "")
+        if isinstance(exc, StoreError):  # raised on purpose, with its own words
+            return exc
+        if _is_fault(exc):
+            log.warning("the event store cannot take writes", error=str(exc))
+            err = self._fault(exc)
+            if _breaks_connection(exc):
+                self._drop_writer()  # the next transaction opens it again
+            return err
+        log.exception("the writer failed")
+        return StoreError(f"the event store failed: {exc}")
+
+    def _committed(
+        self, conn: sqlite3.Connection, head: Head, tree: Frontier, versions: dict[str, int]
+    ) -> None:
+        """Adopt what a committed write transaction made."""
         self.write_faults.succeeded()
         self._head = head
         self._tree = tree
         remember_versions(self._versions, versions)
         self._wal.committed(conn)
-        return staged
 
     def _fault(self, exc: BaseException) -> StoreUnavailable:
         """Note a fault of the database for health, and the error its callers get."""
@@ -568,22 +579,11 @@ class SQLiteEventStore:
             conn.execute("UPDATE projection_positions SET seq = ?", (head.seq,))
             conn.execute("COMMIT")
         except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            self._head = Head(-1, "")  # reloaded by the next batch, as after any failure
-            if isinstance(exc, StoreError):
+            err = self._abandon(conn, exc)
+            if err is exc:
                 raise
-            if _is_fault(exc):
-                err = self._fault(exc)
-                if _breaks_connection(exc):
-                    self._drop_writer()
-                raise err from exc
-            raise StoreError(f"archiving failed: {exc}") from exc
-        self.write_faults.succeeded()
-        self._head = head
-        self._tree = tree
-        remember_versions(self._versions, versions)
-        self._wal.committed(conn)
+            raise err from exc
+        self._committed(conn, head, tree, versions)
         return staged
 
     async def check_archive(self) -> list[tuple[int, str]]:
