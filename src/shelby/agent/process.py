@@ -30,6 +30,7 @@ import psutil
 
 from shelby.agent import specs
 from shelby.agent.sandbox import Sandbox
+from shelby.agent.shim import SWEEP_SECONDS
 
 __all__ = ["Exit", "LineSink", "StopRequest", "TreeUsage", "run_tree", "signal_group"]
 
@@ -84,9 +85,10 @@ def signal_group(pgid: int, sig: int) -> None:
 
 SHIM = Path(__file__).with_name("shim.py")
 
-SHIM_MARGIN = 2.0
+SHIM_MARGIN = SWEEP_SECONDS + 2.0
 """How long past the kill grace the agent waits for the shim to end the tree before
-it kills what it can find itself."""
+it kills what it can find itself: the shim's whole kill sweep and then some, since a
+shim killed mid-sweep leaves the descendants it had not reached to init."""
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-_SWEEP_SECONDS = 10.0
+SWEEP_SECONDS = 10.0  # the longest kill_all keeps freezing and killing
 _LINUX = sys.platform == "linux"
 
 
@@ -124,7 +124,7 @@ class Shim:
         if not _LINUX:
             self.signal_job(signal.SIGKILL)
             return
-        deadline = time.monotonic() + _SWEEP_SECONDS
+        deadline = time.monotonic() + SWEEP_SECONDS
         while time.monotonic() < deadline:
             self.reap()
             frozen: set[int] = set()
