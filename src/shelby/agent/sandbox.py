@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import structlog
 
 __all__ = [
     "DEFAULT_OPEN_FILES",
@@ -44,6 +45,8 @@ __all__ = [
     "make_undumpable",
     "prepare_work_dir",
 ]
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_OPEN_FILES = 65536
 """Enough for data loaders that pass tensors by file descriptor; the agent's own hard
@@ -251,8 +254,12 @@ def make_undumpable() -> None:
     """Keep processes of this user (a job's, without --run-as) out of this one's
     memory: ``/proc/<pid>/environ``, ``mem`` and ptrace need CAP_SYS_PTRACE from now
     on, and no core file is written. Linux only; elsewhere nothing happens."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    try:
+        failed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+    except (OSError, AttributeError):  # not Linux: no prctl
+        return
+    if failed:  # the sandbox is weaker than SECURITY.md says: say so
+        log.warning("could not make the agent non-dumpable", errno=ctypes.get_errno())
 
 
 def prepare_work_dir(work_dir: Path, sandbox: Sandbox, python: str) -> None:
