@@ -196,9 +196,6 @@ class AgentClient:
         job: dict[str, Any] | None = answer.get("job")
         return job
 
-    async def report_node_usage(self, node_id: str, usage: dict[str, Any]) -> None:
-        await self._call("POST", "/api/usage-report", body={"nodeId": node_id, **usage})
-
     # --- one attempt of one job ----------------------------------------------------
 
     async def ack(self, job_id: str, node_id: str, attempt: int) -> dict[str, Any]:

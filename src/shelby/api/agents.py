@@ -52,7 +52,6 @@ __all__ = ["ENDPOINTS", "MAX_LINES", "MAX_LINE_BYTES", "truncate_line"]
 
 MAX_LINES = 1000
 MAX_LINE_BYTES = 16 * 1024
-MAX_LOG_BODY = 1 << 20
 
 _NODE_ERRORS = (400, 401, 403, 404, 409, 413, 422)
 
