@@ -354,15 +354,19 @@ def test_usage_of_the_current_attempt_is_recorded() -> None:
     ]
 
 
-def test_the_same_usage_report_again_is_counted_once() -> None:
-    """A report the node sends again (its answer was lost) decides nothing; another
-    report, or the same one for the next attempt, is recorded."""
-    report = UsageReported(node_id=N, job_id=J, attempt=1, cpu_seconds=1.5, wall_seconds=2.0)
-    again = ReportJobUsage(job_id=J, node_id=N, attempt=1, cpu_seconds=1.5, wall_seconds=2.0)
+def test_a_usage_report_sent_again_under_its_id_is_counted_once() -> None:
+    """A report the node sends again under the same id (its answer was lost) decides
+    nothing; another id, or the same id in the next attempt, is recorded."""
+    report = UsageReported(
+        node_id=N, job_id=J, attempt=1, cpu_seconds=1.5, wall_seconds=2.0, report_id="r1"
+    )
+    again = ReportJobUsage(
+        job_id=J, node_id=N, attempt=1, cpu_seconds=1.5, wall_seconds=2.0, report_id="r1"
+    )
     assert when([*RUNNING, report], again) == []
-    more = ReportJobUsage(job_id=J, node_id=N, attempt=1, cpu_seconds=0.5)
+    more = ReportJobUsage(job_id=J, node_id=N, attempt=1, cpu_seconds=0.5, report_id="r2")
     assert when([*RUNNING, report], more) == [
-        UsageReported(node_id=N, job_id=J, attempt=1, cpu_seconds=0.5)
+        UsageReported(node_id=N, job_id=J, attempt=1, cpu_seconds=0.5, report_id="r2")
     ]
     next_attempt = [
         *RUNNING,
@@ -371,26 +375,27 @@ def test_the_same_usage_report_again_is_counted_once() -> None:
         JobAssigned(job_id=J, node_id=N, attempt=2),
         JobAcked(job_id=J, node_id=N, attempt=2),
     ]
-    same_later = ReportJobUsage(job_id=J, node_id=N, attempt=2, cpu_seconds=1.5, wall_seconds=2.0)
-    assert when(next_attempt, same_later) == [
-        UsageReported(node_id=N, job_id=J, attempt=2, cpu_seconds=1.5, wall_seconds=2.0)
+    same_id_later = ReportJobUsage(
+        job_id=J, node_id=N, attempt=2, cpu_seconds=1.5, wall_seconds=2.0, report_id="r1"
+    )
+    assert when(next_attempt, same_id_later) == [
+        UsageReported(
+            node_id=N, job_id=J, attempt=2, cpu_seconds=1.5, wall_seconds=2.0, report_id="r1"
+        )
     ]
 
 
-def test_equal_increments_are_taken_for_resends() -> None:
-    """The limit README's "Beyond the contract" states: the decider cannot tell a resend
-    from a new report with the same amounts, so a run of equal increments records only
-    its first, and a resend after a different report is recorded again."""
+def test_reports_without_an_id_are_all_summed() -> None:
+    """As API.md says: equal increments (an idle job reporting its wall time every
+    minute) are each recorded, since nothing says one is a resend of another."""
     idle = ReportJobUsage(job_id=J, node_id=N, attempt=1, wall_seconds=60.0)
     history: list[Event] = [*RUNNING]
-    recorded: list[Event] = []
     for _ in range(3):
-        decided = when(history, idle)
-        history += decided
-        recorded += decided
-    assert recorded == [UsageReported(node_id=N, job_id=J, attempt=1, wall_seconds=60.0)]
-    other = UsageReported(node_id=N, job_id=J, attempt=1, wall_seconds=30.0)
-    assert when([*history, other], idle) == [recorded[0]]
+        history += when(history, idle)
+    assert (
+        history[len(RUNNING) :]
+        == [UsageReported(node_id=N, job_id=J, attempt=1, wall_seconds=60.0)] * 3
+    )
 
 
 def test_usage_from_another_node_conflicts() -> None:

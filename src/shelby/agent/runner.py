@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -143,6 +144,9 @@ class Ending:
             "wallSeconds": self.usage.wall_seconds,
             "peakRamMB": self.usage.peak_ram_mb,
             "gpuSeconds": self.usage.gpu_seconds,
+            # Kept with the body in the attempt's state: a resend after a lost answer
+            # carries the same id, and the server records the report once.
+            "reportId": f"usage-{secrets.token_hex(8)}",
         }
 
 

@@ -217,6 +217,7 @@ async def usage_report(call: Call) -> OkResponse:
                 wall_seconds=body.wall_seconds,
                 peak_ram_mb=body.peak_ram_mb,
                 gpu_seconds=body.gpu_seconds,
+                report_id=body.report_id,
             ),
         )
     else:

@@ -324,6 +324,8 @@ class UsageReportRequest(_Wire, frozen=True):
     wall_seconds: NonNegative | None = None
     peak_ram_mb: NonNegative | None = msgspec.field(default=None, name="peakRamMB")
     gpu_seconds: NonNegative | None = None
+    # Beyond API.md: a report sent again under the same id is recorded once (README).
+    report_id: Identifier | None = None
 
 
 class FinishRequest(_Wire, frozen=True):

@@ -82,11 +82,10 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True):
     # (attempt, node) of every attempt its node handed back, so that a release the
     # node repeats (its first answer was lost) is recognised rather than refused.
     released: frozenset[tuple[int, str]] = frozenset()
-    # The last usage report, so that one the node sends again (its answer was lost)
-    # is recognised rather than counted twice. A new report with the same amounts
-    # cannot be told from such a resend and is dropped too (README, "Beyond the
-    # contract": not what API.md's summed usage says).
-    last_usage: UsageReported | None = None
+    # (attempt, reportId) of every usage report that named itself, so that one the
+    # node sends again (its answer was lost) is recognised rather than counted twice.
+    # Reports without an id are all summed, as API.md says.
+    usage_reports: frozenset[tuple[int, str]] = frozenset()
 
 
 def initial_state() -> JobState:
@@ -147,6 +146,7 @@ class ReportJobUsage(msgspec.Struct, frozen=True, kw_only=True):
     wall_seconds: float | None = None
     peak_ram_mb: float | None = None
     gpu_seconds: float | None = None
+    report_id: str | None = None
 
 
 class FinishJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -318,9 +318,12 @@ def decide(command: JobCommand, state: JobState) -> list[Event]:
                 wall_seconds=command.wall_seconds,
                 peak_ram_mb=command.peak_ram_mb,
                 gpu_seconds=command.gpu_seconds,
+                report_id=command.report_id,
             )
-            if report == state.last_usage:
-                return []  # the same report again: already counted
+            if command.report_id is not None and (attempt, command.report_id) in (
+                state.usage_reports
+            ):
+                return []  # this report again: already counted
             return [report]
         case FinishJob():
             _existing(state, command.job_id)
@@ -466,7 +469,11 @@ def evolve(state: JobState, event: Event) -> JobState:
         case LogLinesAppended():
             return msgspec.structs.replace(state, next_offset=event.offset + len(event.lines))
         case UsageReported():
-            return msgspec.structs.replace(state, last_usage=event)
+            if event.report_id is None or event.attempt is None:
+                return state
+            return msgspec.structs.replace(
+                state, usage_reports=state.usage_reports | {(event.attempt, event.report_id)}
+            )
         case JobTimedOut():
             return state
         case JobFinished():

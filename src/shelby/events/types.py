@@ -146,6 +146,10 @@ class UsageReported(Event, frozen=True, kw_only=True):
     wall_seconds: float | None = None
     peak_ram_mb: float | None = msgspec.field(default=None, name="peakRamMB")
     gpu_seconds: float | None = None
+    # The sender's name for this report, if it gave one: a report sent again (its
+    # answer was lost) carries the same one and is recorded once. Added later, so a
+    # log written before decodes it as None.
+    report_id: str | None = None
 
 
 class JobFinished(Event, frozen=True, kw_only=True):
