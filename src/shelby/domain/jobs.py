@@ -241,6 +241,23 @@ def _attempts_left(state: JobState) -> bool:
     return state.attempt - state.first_attempt + 1 < state.max_attempts
 
 
+def _unless_requeued(
+    ended: LeaseExpired | JobReleased, error: str, *, by_server: bool
+) -> list[Event]:
+    """An attempt given up on: the job goes back to the queue, or, when that was its
+    last attempt, fails with ``error``."""
+    if ended.requeued:
+        return [ended]
+    failed = JobFailed(
+        job_id=ended.job_id,
+        node_id=ended.node_id,
+        attempt=ended.attempt,
+        error=error,
+        by_server=by_server,
+    )
+    return [ended, failed]
+
+
 def decide(command: JobCommand, state: JobState) -> list[Event]:
     match command:
         case CreateJob():
@@ -284,14 +301,12 @@ def decide(command: JobCommand, state: JobState) -> list[Event]:
                 JobAssigned(job_id=command.job_id, node_id=command.node_id, attempt=state.attempt)
             ]
         case AckJob():
-            _existing(state, command.job_id)
-            attempt = _current_attempt(state, command.node_id, command.attempt)
+            attempt = require_held(state, command.job_id, command.node_id, command.attempt)
             if state.status is JobStatus.RUNNING:
                 return []  # a repeated ack changes nothing
             return [JobAcked(job_id=command.job_id, node_id=command.node_id, attempt=attempt)]
         case AppendLogLines():
-            _existing(state, command.job_id)
-            attempt = _current_attempt(state, command.node_id, command.attempt)
+            attempt = require_held(state, command.job_id, command.node_id, command.attempt)
             offset = state.next_offset if command.offset is None else command.offset
             if offset > state.next_offset:
                 raise Conflict(f"expected offset {state.next_offset}, got {offset}")
@@ -308,8 +323,7 @@ def decide(command: JobCommand, state: JobState) -> list[Event]:
                 )
             ]
         case ReportJobUsage():
-            _existing(state, command.job_id)
-            attempt = _current_attempt(state, command.node_id, command.attempt)
+            attempt = require_held(state, command.job_id, command.node_id, command.attempt)
             report = UsageReported(
                 node_id=command.node_id,
                 job_id=command.job_id,
@@ -343,50 +357,32 @@ def decide(command: JobCommand, state: JobState) -> list[Event]:
                 or state.attempt != command.attempt
             ):
                 return []  # the attempt already moved on: nothing to expire
-            requeue = _attempts_left(state)
             expired = LeaseExpired(
                 job_id=command.job_id,
                 node_id=command.node_id,
                 attempt=command.attempt,
-                requeued=requeue,
+                requeued=_attempts_left(state),
             )
-            if requeue:
-                return [expired]
-            return [
-                expired,
-                JobFailed(
-                    job_id=command.job_id,
-                    node_id=command.node_id,
-                    attempt=command.attempt,
-                    error=f"lease expired on {state.max_attempts} attempts",
-                    by_server=True,
-                ),
-            ]
+            return _unless_requeued(
+                expired, f"lease expired on {state.max_attempts} attempts", by_server=True
+            )
         case ReleaseJob():
             _existing(state, command.job_id)
             if (command.attempt, command.node_id) in state.released:
                 return []  # the same release again: the attempt is already handed back
             _current_attempt(state, command.node_id, command.attempt)
-            requeue = _attempts_left(state)
             released = JobReleased(
                 job_id=command.job_id,
                 node_id=command.node_id,
                 attempt=command.attempt,
                 reason=command.reason,
-                requeued=requeue,
+                requeued=_attempts_left(state),
             )
-            if requeue:
-                return [released]
-            return [
+            return _unless_requeued(
                 released,
-                JobFailed(
-                    job_id=command.job_id,
-                    node_id=command.node_id,
-                    attempt=command.attempt,
-                    error=f"released by its node on the last attempt: {command.reason}",
-                    by_server=False,
-                ),
-            ]
+                f"released by its node on the last attempt: {command.reason}",
+                by_server=False,
+            )
         case TimeOutJob():
             if (
                 state.job_id is None
