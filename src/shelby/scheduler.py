@@ -69,7 +69,7 @@ class Scheduler:
             signal = self.service.work.current()  # before looking: see WorkSignal
             found = await self.assign_next(node_id)
             remaining = deadline - time.monotonic()
-            if found is not None or remaining <= 0:
+            if found is not None or remaining <= 0 or self.service.work.closed:
                 return found
             try:
                 await asyncio.wait_for(signal.wait(), remaining)

@@ -49,6 +49,7 @@ class WorkSignal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
 
     def current(self) -> asyncio.Event:
         return self._event
@@ -56,6 +57,13 @@ class WorkSignal:
     def fire(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+
+    def close(self) -> None:
+        """The server is stopping: wake every waiter, and let none wait again. A long
+        poll left waiting would hold the shutdown up until uvicorn's grace period ran
+        out and then be cancelled, its agent getting no answer."""
+        self.closed = True
+        self.fire()
 
 
 # Events after which a poll that found nothing may find something: a job became

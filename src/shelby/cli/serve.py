@@ -84,12 +84,16 @@ def _start_agent(settings: Settings, url: str) -> subprocess.Popen[bytes]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, which on a signal first stops the local agent, if any."""
+    """uvicorn's server, which on a signal first ends the long polls and stops the
+    local agent, if any."""
 
     agent: subprocess.Popen[bytes] | None = None
+    on_exit: Callable[[], None] | None = None  # run in the signal handler
     _stopping_agent = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.on_exit is not None:
+            self.on_exit()
         agent = self.agent
         if agent is None or agent.poll() is not None or self._stopping_agent:
             super().handle_exit(sig, frame)
@@ -267,6 +271,15 @@ async def _run(settings: Settings, with_agent: bool) -> None:
         timeout_graceful_shutdown=5,
     )
     server = _Server(config)
+    # uvicorn lets the requests under way finish before it stops, for 5 s at most; a
+    # long poll would use all of them and then be cancelled unanswered. The signal
+    # handler may not touch the loop's objects itself, so it asks the loop to end them.
+    loop = asyncio.get_running_loop()
+
+    def end_long_polls() -> None:
+        loop.call_soon_threadsafe(app.state.service.work.close)
+
+    server.on_exit = end_long_polls
     serving = asyncio.create_task(server.serve())
     agent: subprocess.Popen[bytes] | None = None
     try:
