@@ -77,8 +77,7 @@ def prebuild(directory: Path) -> Path:
 def _cpu() -> float:
     """CPU seconds of this process so far, every thread's (the writer's, the WAL
     checkpointer's and the event loop's for Shelby)."""
-    t = os.times()
-    return t.user + t.system
+    return time.process_time()
 
 
 async def _shelby(path: Path, per_task: int) -> tuple[float, float]:

@@ -84,27 +84,32 @@ def _start_agent(settings: Settings, url: str) -> subprocess.Popen[bytes]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, which on a signal first ends the long polls and stops the
-    local agent, if any."""
+    """uvicorn's server, which on a signal first stops the local agent, if any, then
+    ends the long polls under way and stops."""
 
     agent: subprocess.Popen[bytes] | None = None
-    on_exit: Callable[[], None] | None = None  # run in the signal handler
+    on_exit: Callable[[], None] | None = None  # run just before uvicorn starts to stop
     _stopping_agent = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.on_exit is not None:
-            self.on_exit()
         agent = self.agent
         if agent is None or agent.poll() is not None or self._stopping_agent:
-            super().handle_exit(sig, frame)
+            self._exit(sig, frame)
             return
         self._stopping_agent = True
 
         def stop_agent_then_exit() -> None:
             _stop(agent)
-            super(_Server, self).handle_exit(sig, frame)
+            self._exit(sig, frame)
 
         threading.Thread(target=stop_agent_then_exit, name="stop-agent", daemon=True).start()
+
+    def _exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not earlier: while the local agent stops (up to 10 s), polls still wait as
+        # usual, so that remote nodes are not answered "no job" at once, again and again.
+        if self.on_exit is not None:
+            self.on_exit()
+        super().handle_exit(sig, frame)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -273,7 +278,8 @@ async def _run(settings: Settings, with_agent: bool) -> None:
     server = _Server(config)
     # uvicorn lets the requests under way finish before it stops, for 5 s at most; a
     # long poll would use all of them and then be cancelled unanswered. The signal
-    # handler may not touch the loop's objects itself, so it asks the loop to end them.
+    # handler (or the agent-stopping thread) may not touch the loop's objects itself,
+    # so it asks the loop to end them.
     loop = asyncio.get_running_loop()
 
     def end_long_polls() -> None:
