@@ -629,14 +629,13 @@ def run_fleet(
     """Start a server, set the fleet up, run the generator against it (sampling the
     server, and profiling it if asked), then read back what it kept, and stop it."""
     from _profile import record, stop_recording
-    from _servers import free_port, stop
-    from bench_heartbeats import ADMIN, start_shelby
+    from _servers import ADMIN, free_port, start_shelby, stop
     from shelby.settings import heartbeat_interval
 
     with tempfile.TemporaryDirectory(prefix="shelby-bench-") as tmp:
         data = Path(tmp)
         port = free_port()
-        server = start_shelby(data, port, lease_seconds=lease, rate_limit=rate_limit)
+        server = start_shelby(data / "shelby.db", port, lease_seconds=lease, rate_limit=rate_limit)
         profiler = None
         try:
             setup = set_up_fleet(port, nodes, jobs)

@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import free_port, stop, wait_ready
-from bench_heartbeats import ADMIN, register_nodes, start_shelby
+from _servers import ADMIN, free_port, start_shelby, stop, wait_ready
+from bench_heartbeats import RATE_LIMIT, register_nodes
 
 AGENTS = 20
 MODEL_HASH = "sha256:" + "ab" * 32
@@ -244,7 +244,7 @@ def main(quick: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="shelby-bench-") as tmp:
         data = Path(tmp)
         shelby_port, bare_port = free_port(), free_port()
-        shelby = start_shelby(data, shelby_port)
+        shelby = start_shelby(data / "shelby.db", shelby_port, rate_limit=RATE_LIMIT)
         bare = subprocess.Popen(
             [sys.executable, __file__, "--serve-bare", str(bare_port)],
             stdout=subprocess.DEVNULL,

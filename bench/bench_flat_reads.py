@@ -25,7 +25,6 @@ is then the third slowest: a rough verdict on a busy machine).
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import statistics
@@ -40,9 +39,8 @@ import httpx
 import psutil
 
 from bench._generator import Shape, cached_log, long_job_id
-from bench._servers import free_port, stop, wait_ready
+from bench._servers import ADMIN, free_port, start_shelby, stop
 
-ADMIN = "bench-admin-token"
 TARGET = 1.5
 WARMUP = 30
 SMALL = 10_000
@@ -89,29 +87,17 @@ def reads(path: Path) -> list[Read]:
 
 
 def start_server(db: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SHELBY_ADMIN_TOKEN": ADMIN, "SHELBY_JOIN_TOKEN": "bench-join"}
-    argv = [
-        sys.executable,
-        "-m",
-        "shelby",
-        "serve",
-        "--db",
-        str(db),
-        "--port",
-        str(port),
-        "--rate-limit",
-        "off",
-        # The log's history is hours old: a long lease and grace keep every node active
-        # and every running job running, so the server appends nothing while measured.
-        "--lease-seconds",
-        str(10 * 365 * 86400),
+    # The log's history is hours old: a long lease and grace keep every node active
+    # and every running job running, so the server appends nothing while measured.
+    forever = str(10 * 365 * 86400)
+    return start_shelby(
+        db,
+        port,
         "--timeout-grace-seconds",
-        str(10 * 365 * 86400),
-    ]
-    log = open(db.with_suffix(".server.log"), "wb")  # noqa: SIM115
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    wait_ready(port, proc, timeout=120)
-    return proc
+        forever,
+        lease_seconds=float(forever),
+        ready_timeout=120,
+    )
 
 
 def measure(logs: list[tuple[Path, int]], requests: int) -> list[Measured]:

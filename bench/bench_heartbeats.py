@@ -33,10 +33,10 @@ from typing import Any
 # baseline server run as subprocesses of it).
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import free_port, stop, wait_ready
+from _servers import JOIN, free_port, start_shelby, stop, wait_ready
 
-ADMIN = "bench-admin-token"
-JOIN = "bench-join-token"
+# High enough never to refuse, so the limiter's cost is measured, not its 429s.
+RATE_LIMIT = "1000000/second"
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 TARGET_RATIO = 0.6
 
@@ -161,39 +161,6 @@ def run_load(port: int, nodes_file: str, seconds: float) -> None:
 # --- orchestration ----------------------------------------------------------------------
 
 
-def start_shelby(
-    data: Path,
-    port: int,
-    *extra: str,
-    lease_seconds: float = 60,
-    # High enough never to refuse, so the limiter's cost is measured, not its 429s.
-    rate_limit: str = "1000000/second",
-) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SHELBY_ADMIN_TOKEN": ADMIN, "SHELBY_JOIN_TOKEN": JOIN}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shelby",
-            "serve",
-            "--db",
-            str(data / "shelby.db"),
-            "--port",
-            str(port),
-            "--lease-seconds",
-            str(lease_seconds),
-            "--rate-limit",
-            rate_limit,
-            *extra,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(data / "server.log", "wb"),  # noqa: SIM115
-    )
-    wait_ready(port, proc)
-    return proc
-
-
 def start_bare(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve-bare", str(port)],
@@ -280,7 +247,7 @@ def main(quick: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="shelby-bench-") as tmp:
         data = Path(tmp)
         shelby_port, bare_port = free_port(), free_port()
-        shelby = start_shelby(data, shelby_port)
+        shelby = start_shelby(data / "shelby.db", shelby_port, rate_limit=RATE_LIMIT)
         bare = start_bare(bare_port)
         try:
             all_nodes = register_nodes(shelby_port, max(fleets))

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,40 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import httpx
 import psutil
 
-from _servers import free_port, stop, wait_ready
+from _servers import ADMIN, JOIN, free_port, start_shelby, stop
 
-ADMIN = "bench-admin-token"
-JOIN = "bench-join-token"
 SUBSCRIBERS = 100
-
-
-def _start_server(data: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")},
-        "SHELBY_ADMIN_TOKEN": ADMIN,
-        "SHELBY_JOIN_TOKEN": JOIN,
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shelby",
-            "serve",
-            "--db",
-            str(data / "shelby.db"),
-            "--port",
-            str(port),
-            "--lease-seconds",
-            "600",
-            "--rate-limit",
-            "off",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(data / "server.log", "wb"),  # noqa: SIM115 - lives as long as the server
-    )
-    wait_ready(port, proc)
-    return proc
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -211,7 +178,7 @@ async def _run(quick: bool) -> list[dict[str, Any]]:
     warmup = 20 if quick else 50
     with tempfile.TemporaryDirectory(prefix="bench-ws-") as tmp:
         port = free_port()
-        proc = _start_server(Path(tmp), port)
+        proc = start_shelby(Path(tmp) / "shelby.db", port, lease_seconds=600)
         try:
             server = psutil.Process(proc.pid)
             setup = _Setup(f"http://127.0.0.1:{port}")

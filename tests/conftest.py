@@ -169,6 +169,20 @@ class ServerProcess:
 
     # --- talking to it ------------------------------------------------------------------
 
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``shelby ARGS`` against this server with the admin token, as a user would run
+        it; nothing else of the test's ``SHELBY_*`` environment reaches it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")}
+        env.update(SHELBY_SERVER=self.url, SHELBY_ADMIN_TOKEN=self.admin_token, COLUMNS="200")
+        return subprocess.run(
+            [sys.executable, "-m", "shelby", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 

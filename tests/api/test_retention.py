@@ -9,8 +9,6 @@ import asyncio
 import hashlib
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -130,22 +128,10 @@ def test_a_server_with_retention_archives_while_serving_and_the_log_stays_whole(
                 [bytes.fromhex(h) for h in proof["auditPath"]],
                 bytes.fromhex(cp["rootHash"]),
             )
-        audited = subprocess.run(
-            [sys.executable, "-m", "shelby", "audit", "old-a", "--server", server.url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={"PATH": "/usr/bin:/bin", "SHELBY_ADMIN_TOKEN": server.admin_token},
-        )
+        audited = server.cli("audit", "old-a", timeout=120)
         assert audited.returncode == 0, audited.stderr
         assert f"ok: job old-a: {len(job)} events" in audited.stdout
-        printed = subprocess.run(
-            [sys.executable, "-m", "shelby", "logs", "old-a", "--server", server.url],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={"PATH": "/usr/bin:/bin", "SHELBY_ADMIN_TOKEN": server.admin_token},
-        )
+        printed = server.cli("logs", "old-a", timeout=120)
         assert printed.returncode == 0, printed.stderr
         segment = logs["archived"][0]["segment"]
         assert f"lines 0..14 of attempt 1 were archived to {segment}" in printed.stderr

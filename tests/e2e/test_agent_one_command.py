@@ -12,19 +12,6 @@ from pathlib import Path
 from typing import Any
 
 
-def shelby(server: Any, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELBY_")}
-    env.update(SHELBY_SERVER=server.url, SHELBY_ADMIN_TOKEN=server.admin_token, COLUMNS="200")
-    return subprocess.run(
-        [sys.executable, "-m", "shelby", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def test_serve_with_agent_runs_a_job_submitted_from_the_terminal(
     server_factory: Any, tmp_path: Path
 ) -> None:
@@ -47,8 +34,7 @@ def test_serve_with_agent_runs_a_job_submitted_from_the_terminal(
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("")
 
-    submitted = shelby(
-        server,
+    submitted = server.cli(
         "submit",
         str(script),
         "--name",
@@ -64,19 +50,19 @@ def test_serve_with_agent_runs_a_job_submitted_from_the_terminal(
     job_id = submitted.stdout.split()[1]
     assert job_id.startswith("job-")
 
-    followed = shelby(server, "logs", job_id, "-f")
+    followed = server.cli("logs", job_id, "-f")
     assert followed.returncode == 0, followed.stderr
     for step in range(5):
         assert f"step {step} mean=49.5" in followed.stdout
     assert "almost done" in followed.stdout
     assert "--- finished: sha256:" in followed.stdout
 
-    jobs = shelby(server, "jobs")
+    jobs = server.cli("jobs")
     assert jobs.returncode == 0, jobs.stderr
     row = next(line for line in jobs.stdout.splitlines() if job_id in line)
     assert "finished" in row and "numbers" in row and "sha256:" in row
 
-    nodes = shelby(server, "nodes", "--server", server.url)
+    nodes = server.cli("nodes", "--server", server.url)
     assert nodes.returncode == 0, nodes.stderr
     assert "active" in nodes.stdout and "node-" in nodes.stdout
 
@@ -112,14 +98,12 @@ def test_stopping_serve_with_agent_hands_the_running_job_back(
     server = server_factory(args=("--with-agent",))
     script = tmp_path / "slow.py"
     script.write_text("import time\nprint('started', flush=True)\ntime.sleep(120)\n")
-    submitted = shelby(server, "submit", str(script), "--name", "slow")
+    submitted = server.cli("submit", str(script), "--name", "slow")
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.split()[1]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        row = next(
-            (line for line in shelby(server, "jobs").stdout.splitlines() if job_id in line), ""
-        )
+        row = next((line for line in server.cli("jobs").stdout.splitlines() if job_id in line), "")
         if "running" in row:
             break
         time.sleep(0.3)
