@@ -83,6 +83,7 @@ class RefusingProjection:
     name = "refusing"
     version = 1
     handles = frozenset({"JobCreated"})
+    superseded: frozenset[str] = frozenset()
     tables = ("refusals",)
     ddl = ("CREATE TABLE IF NOT EXISTS refusals (job_id TEXT PRIMARY KEY)",)
 
@@ -99,6 +100,7 @@ class CountingProjection:
 
     name = "counting"
     handles = frozenset(EVENT_TYPES)
+    superseded: frozenset[str] = frozenset()
     tables = ("type_counts",)
     ddl = ("CREATE TABLE IF NOT EXISTS type_counts (type TEXT PRIMARY KEY, n BIGINT NOT NULL)",)
 

@@ -291,20 +291,36 @@ def test_cli_verify_of_a_missing_file_fails_without_creating_it(tmp_path: Path) 
     assert not path.exists()
 
 
-def test_cli_verify_names_a_row_that_is_no_longer_utf8(sample_db: Path, tmp_path: Path) -> None:
-    """A changed byte that leaves invalid UTF-8 in ``data`` is reported at its seq."""
-    path = tampered(
+def not_utf8_at_seq_5(sample_db: Path, tmp_path: Path) -> Path:
+    return tampered(
         sample_db,
         tmp_path,
         lambda c: c.execute(
             "UPDATE events SET data = CAST(? AS TEXT) WHERE seq = 5", (b'{"type":"\xff"}',)
         ),
     )
+
+
+def test_cli_verify_names_a_row_that_is_no_longer_utf8(sample_db: Path, tmp_path: Path) -> None:
+    """A changed byte that leaves invalid UTF-8 in ``data`` is reported at its seq."""
+    path = not_utf8_at_seq_5(sample_db, tmp_path)
     done = subprocess.run(
         [*shelby_cli(), "verify", "--db", str(path)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 1
     assert "FAILED at seq 5:" in done.stderr
+
+
+def test_cli_rebuild_refuses_a_row_that_is_no_longer_utf8(sample_db: Path, tmp_path: Path) -> None:
+    """A replay reads plain text: a row that is not UTF-8 stops ``shelby rebuild`` with
+    a clear error that points at ``shelby verify``, not with a traceback."""
+    path = not_utf8_at_seq_5(sample_db, tmp_path)
+    done = subprocess.run(
+        [*shelby_cli(), "rebuild", "--db", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "is not valid UTF-8; shelby verify names it" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_removed_newest_row_is_reported(sample_db: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from shelby.events.codec import chain_hash, decode_event, encode_data, envelope_bytes
-from shelby.events.store import Recorded, StoreError, StoreUnavailable
+from shelby.events.store import Projection, Recorded, StoreError, StoreUnavailable
 from shelby.events.types import Event
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "chain",
     "pending",
     "remember_versions",
+    "replay_records",
     "row_to_recorded",
 ]
 
@@ -109,6 +110,34 @@ def row_to_recorded(row: Sequence[Any]) -> Recorded:
         hash=hash_,
         event=decode_event(data),
     )
+
+
+def replay_records(projections: Sequence[Projection], rows: Sequence[Any]) -> list[Recorded]:
+    """The rows of a replay chunk that ``projections`` apply, in log order, as
+    ``Recorded``. A row is not decoded when no projection handles its type, or when
+    a later row of its stream and type supersedes it for every projection that does
+    (``Projection.superseded``): most of a log is heartbeats, and a replay needs each
+    node's last one in the chunk."""
+    handled: set[str] = set()
+    applied_each: set[str] = set()  # types some projection applies every one of
+    for proj in projections:
+        handled |= proj.handles
+        applied_each |= proj.handles - proj.superseded
+    superseded = handled - applied_each
+    newer: set[tuple[str, str]] = set()
+    out: list[Recorded] = []
+    for row in reversed(rows):
+        type_ = row[3]
+        if type_ not in handled:
+            continue
+        if type_ in superseded:
+            key = (row[1], type_)
+            if key in newer:
+                continue
+            newer.add(key)
+        out.append(row_to_recorded(row))
+    out.reverse()
+    return out
 
 
 def remember_versions(cache: dict[str, int], versions: dict[str, int]) -> None:

@@ -42,6 +42,7 @@ from shelby.events._append import (
     chain,
     pending,
     remember_versions,
+    replay_records,
     row_to_recorded,
 )
 from shelby.events.codec import GENESIS_HASH
@@ -886,7 +887,7 @@ class PostgresEventStore:
             )
             if not rows:
                 break
-            statements = project(projs, [row_to_recorded(tuple(row)) for row in rows])
+            statements = project(projs, replay_records(projs, rows))
             await _run_statements(conn, statements)
             after = rows[-1][0]
             applied += len(rows)

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 
-class Recorded(msgspec.Struct, frozen=True, kw_only=True):
-    """One row of the log: an event with its place in it and its link in the chain."""
+class Recorded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One row of the log: an event with its place in it and its link in the chain.
+    Untracked by the cyclic collector, as events are (``Event``)."""
 
     seq: int
     stream: str
@@ -79,10 +80,7 @@ class Projection(Protocol):
     """A read model kept in tables beside the log.
 
     ``apply`` is pure: it turns one recorded event into statements, which the store runs
-    in the transaction that appends the event, so a projection never lags its log. A
-    projection may also define ``apply_all(recs)``, for a batch in log order, when it
-    can do better than ``apply`` on each (leaving out rows a later event overwrites);
-    its result must leave the tables as ``apply`` on each would.
+    in the transaction that appends the event, so a projection never lags its log.
     """
 
     @property
@@ -96,6 +94,14 @@ class Projection(Protocol):
     @property
     def handles(self) -> frozenset[str]:
         """The event types ``apply`` turns into statements; others are not offered."""
+        ...
+
+    @property
+    def superseded(self) -> frozenset[str]:
+        """Types of ``handles`` whose event leaves the tables as the stream's next event
+        of that type overwrites them: ``apply`` of both equals ``apply`` of the second
+        alone, whatever comes between. A replay applies only the last of a run of them
+        (a node's heartbeats), and decodes no other."""
         ...
 
     @property
@@ -122,14 +128,8 @@ def project(projections: Sequence[Projection], recs: Sequence[Recorded]) -> list
     out: list[Statement] = []
     for proj in projections:
         handles = proj.handles
-        mine = [rec for rec in recs if rec.type in handles]
-        if not mine:
-            continue
-        apply_all = getattr(proj, "apply_all", None)
-        if apply_all is not None:
-            out.extend(apply_all(mine))
-        else:
-            for rec in mine:
+        for rec in recs:
+            if rec.type in handles:
                 out.extend(proj.apply(rec))
     return out
 

@@ -12,6 +12,7 @@ __all__ = ["ActivityProjection"]
 class ActivityProjection:
     name = "activity"
     handles = event_names(JobCreated, JobFinished, JobFailed)
+    superseded: frozenset[str] = frozenset()
     version = 1
     tables = ("job_activity",)
     ddl = (

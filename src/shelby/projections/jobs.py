@@ -58,6 +58,7 @@ class JobsProjection:
         JobRestarted,
         JobDeleted,
     )
+    superseded: frozenset[str] = frozenset()
     version = 2  # 2: JobReleased
     tables = ("jobs", "job_counts", "scripts")
     ddl = (

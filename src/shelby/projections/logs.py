@@ -42,6 +42,7 @@ def _archived_params(e: HistoryArchived) -> tuple[int | float, ...]:
 
 class LogsProjection:
     name = "logs"
+    superseded: frozenset[str] = frozenset()
     version = 5  # 4: each batch's seq and time, and where archived batches went; 5: by seq
     handles = event_names(LogLinesAppended, JobDeleted, HistoryArchived)
     tables = ("log_batches", "log_archived")

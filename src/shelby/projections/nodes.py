@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from shelby.events.store import Recorded
 from shelby.events.types import NodeHeartbeat, NodeRegistered
 from shelby.projections._sql import Statement, event_names, to_json
@@ -19,6 +17,10 @@ NODE_COLUMNS = (
 class NodesProjection:
     name = "nodes"
     handles = event_names(NodeRegistered, NodeHeartbeat)
+    # A heartbeat sets exactly the columns the node's next heartbeat sets again, and a
+    # registration between them sets last_seen itself: in a replay, where heartbeats
+    # are most of the log, only a node's last one in each chunk is applied.
+    superseded = event_names(NodeHeartbeat)
     version = 1
     tables = ("nodes",)
     ddl = (
@@ -39,22 +41,6 @@ class NodesProjection:
         "CREATE INDEX IF NOT EXISTS nodes_by_order ON nodes (registered_seq)",
         "CREATE INDEX IF NOT EXISTS nodes_by_last_seen ON nodes (last_seen)",
     )
-
-    def apply_all(self, recs: Sequence[Recorded]) -> list[Statement]:
-        """``apply`` over a batch, less every heartbeat that a later heartbeat of the
-        same node in the batch overwrites: a heartbeat sets exactly the columns the next
-        one sets again, and nothing between them reads those columns. In a replay, where
-        heartbeats are most of the log, this keeps one UPDATE per node per chunk."""
-        superseded: set[int] = set()
-        last: set[str] = set()
-        for i in range(len(recs) - 1, -1, -1):
-            e = recs[i].event
-            if isinstance(e, NodeHeartbeat):
-                if e.node_id in last:
-                    superseded.add(i)
-                else:
-                    last.add(e.node_id)
-        return [st for i, rec in enumerate(recs) if i not in superseded for st in self.apply(rec)]
 
     def apply(self, rec: Recorded) -> list[Statement]:
         e = rec.event

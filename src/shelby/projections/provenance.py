@@ -21,6 +21,7 @@ class ProvenanceProjection:
     # Every type but the node-only ones and log lines: a type added later shows in the
     # provenance without anyone having to remember to list it here.
     handles = frozenset(EVENT_TYPES) - event_names(NodeRegistered, NodeHeartbeat, LogLinesAppended)
+    superseded: frozenset[str] = frozenset()
     version = 1
     tables = ("provenance",)
     ddl = (

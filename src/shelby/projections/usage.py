@@ -16,6 +16,7 @@ __all__ = ["UsageProjection"]
 class UsageProjection:
     name = "usage"
     handles = event_names(UsageReported, JobDeleted)
+    superseded: frozenset[str] = frozenset()
     version = 1
     tables = ("usage",)
     ddl = (
