@@ -3,7 +3,7 @@
 1. Appends per second through the SQLite store as it is (the tree's perfect subtrees
    written in every append's transaction) against the same store with the tree turned
    off by a subclass defined here (``_insert`` without ``Frontier.append`` and without
-   the ``merkle_nodes`` insert). The store has no such switch: the second figure is a
+   the ``merkle_batches`` insert). The store has no such switch: the second figure is a
    bench-only variant, not a mode Shelby runs in. Same machine, same run, alternating.
 2. Proofs at a million events: a log of valid rows (real canonical bytes and chain
    hashes, made with ``events.codec``) is bulk-inserted without tree nodes; opening the

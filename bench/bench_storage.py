@@ -71,7 +71,7 @@ def size_of(path: Path) -> tuple[int, dict[str, int]]:
         for name, used in conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"):
             if name in ("events", "sqlite_autoindex_events_1"):
                 parts["log"] += used
-            elif name == "merkle_nodes":
+            elif name == "merkle_batches":
                 parts["merkle"] += used
             elif not name.startswith("sqlite_") or name.startswith("sqlite_autoindex_"):
                 parts["projections"] += used

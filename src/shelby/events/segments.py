@@ -25,6 +25,7 @@ from shelby.events._sqlite_schema import (
     SELECT_EVENTS,
     Row,
 )
+from shelby.events._sqlite_tree import leaves_between
 from shelby.events.merkle import leaf_hash
 from shelby.events.types import HistoryArchived
 from shelby.events.verify import row_problem
@@ -266,7 +267,7 @@ def _check_rows(
             problems.append(problem)
 
     for rows in _chunks(conn):
-        leaves = _leaves(log, rows[0][0], rows[-1][0]) if log is not None else {}
+        leaves = leaves_between(log, rows[0][0], rows[-1][0]) if log is not None else {}
         for row in rows:
             seq, prev_hash, hash_ = row[0], row[6], row[7]
             if len(problems) < _MAX_PROBLEMS:  # the costly check, while it can be named
@@ -286,11 +287,3 @@ def _check_rows(
             first = first or seq
             last, count, prev = seq, count + 1, (seq, hash_)
     return count, first, last, digest.hexdigest()
-
-
-def _leaves(log: sqlite3.Connection, low: int, high: int) -> dict[int, bytes]:
-    rows = log.execute(
-        "SELECT idx, hash FROM merkle_nodes WHERE level = 0 AND idx >= ? AND idx <= ?",
-        (low - 1, high - 1),
-    ).fetchall()
-    return {idx + 1: bytes(h) for idx, h in rows}

@@ -52,6 +52,15 @@ from shelby.events._sqlite_schema import (
     INSERT_EVENT,
     SELECT_EVENTS,
 )
+from shelby.events._sqlite_tree import (
+    ROW_OF,
+    TREE_DDL,
+    append_leaves,
+    load_frontier,
+    migrate_node_rows,
+    node_in,
+    row_of,
+)
 from shelby.events.archive import (
     ARCHIVE_LIMIT,
     ArchivePlan,
@@ -89,21 +98,13 @@ EVENTS_DDL = [
     EVENTS_NO_UPDATE,
     ARCHIVE_PENDING,
     EVENTS_NO_DELETE,
-    # The Merkle tree's perfect subtrees (events/merkle.py), kept with the log.
-    """CREATE TABLE IF NOT EXISTS merkle_nodes (
-        level INTEGER NOT NULL,
-        idx BIGINT NOT NULL,
-        hash BLOB NOT NULL,
-        PRIMARY KEY (level, idx)
-    ) WITHOUT ROWID""",
+    TREE_DDL,  # the Merkle tree (events/merkle.py), kept with the log
     """CREATE TABLE IF NOT EXISTS projection_positions (
         name TEXT PRIMARY KEY,
         version INTEGER NOT NULL,
         seq INTEGER NOT NULL
     )""",
 ]
-
-INSERT_NODE = "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
 
 NO_OP_WRITE = "UPDATE projection_positions SET seq = seq"
 """Changes nothing, yet needs a writable file and room in the WAL for its page."""
@@ -190,6 +191,8 @@ class SQLiteEventStore:
             _replace_old_delete_trigger(conn)
             for ddl in EVENTS_DDL:
                 conn.execute(ddl)
+            if migrate_node_rows(conn):
+                log.info("the Merkle tree was moved to one row per batch (merkle_batches)")
             conn.execute("DELETE FROM archive_pending")  # empty between transactions anyway
             # SQLite opens a file it may not write read-only, and says so only at
             # the first write: make that now, not at a caller's append.
@@ -228,24 +231,11 @@ class SQLiteEventStore:
         """Load the Merkle frontier, first extending the tree over any events it lacks
         (a log written before the tree existed, or copied in from elsewhere). Runs in
         the caller's transaction."""
-        row = conn.execute("SELECT max(idx) FROM merkle_nodes WHERE level = 0").fetchone()
-        size = 0 if row[0] is None else row[0] + 1
-
-        def lookup(level: int, index: int) -> bytes:
-            found = conn.execute(
-                "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
-            ).fetchone()
-            return bytes(found[0])
-
-        tree = Frontier.load(size, lookup)
-        if size < self._head.seq:
-            log.info("extending the Merkle tree", size=size, head=self._head.seq)
-            rows = conn.execute(
-                "SELECT hash FROM events WHERE seq > ? ORDER BY seq", (size,)
-            ).fetchall()
-            conn.executemany(
-                INSERT_NODE, [n for (h,) in rows for n in tree.append(bytes.fromhex(h))]
-            )
+        tree = load_frontier(conn)
+        if tree.size < self._head.seq:
+            log.info("extending the Merkle tree", size=tree.size, head=self._head.seq)
+            rows = conn.execute("SELECT hash FROM events WHERE seq > ? ORDER BY seq", (tree.size,))
+            append_leaves(conn, tree, (bytes.fromhex(h) for (h,) in rows))
         self._tree = tree
 
     def _prepare_projections(self) -> None:
@@ -496,7 +486,7 @@ class SQLiteEventStore:
                 for r in recs
             ],
         )
-        conn.executemany(INSERT_NODE, [n for r in recs for n in tree.append(bytes.fromhex(r.hash))])
+        append_leaves(conn, tree, [bytes.fromhex(r.hash) for r in recs])
         run_statements(conn, self._project(recs))
 
     def _stream_version(self, conn: sqlite3.Connection, stream: str) -> int:
@@ -712,16 +702,13 @@ class SQLiteEventStore:
         return Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
 
     async def tree_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
-        wanted = sorted(set(keys))
         found: dict[NodeKey, bytes] = {}
-        for start in range(0, len(wanted), 200):
-            chunk = wanted[start : start + 200]
-            where = " OR ".join(["(level = ? AND idx = ?)"] * len(chunk))
-            rows = await self.fetchall(
-                f"SELECT level, idx, hash FROM merkle_nodes WHERE {where}",
-                [v for key in chunk for v in key],
-            )
-            found.update({(level, idx): bytes(h) for level, idx, h in rows})
+        for level, index in sorted(set(keys)):
+            p = row_of(level, index)
+            row = None if p is None else await self.fetchone(ROW_OF, (p,))
+            node = None if row is None else node_in(tuple(row), level, index)
+            if node is not None:
+                found[(level, index)] = node
         return found
 
     async def ping(self) -> None:

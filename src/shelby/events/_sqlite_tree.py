@@ -1,0 +1,182 @@
+"""The SQLite store's copy of the Merkle tree (events/merkle.py): one row per written
+batch of leaves, not one per node.
+
+A row holds what appending its leaves to the tree made, in two blobs: ``leaves``, the
+32-byte leaf hashes in log order (leaf ``i`` is ``sha256(b"\\x00" + hash)`` of the
+event at seq ``i + 1``), and ``parents``, the perfect subtrees above level 0 that those
+leaves completed, in the order completed (each leaf's, lowest level first). Its key
+``first`` is the index of its first leaf, so rows are only ever added at the end of the
+table.
+
+Why not a row per node, as the PostgreSQL store keeps: a batch of 64 events made about
+127 rows there, and the tails of the tree's levels sat on as many different pages,
+each written again by every commit; a row per batch is one insert at the end of one
+B-tree. Where a node is inside its row follows from its key: the subtree ``(level,
+idx)`` is completed by leaf ``p = ((idx + 1) << level) - 1``; leaf ``j`` completes
+``ctz(j + 1)`` parents, so the leaves ``first .. p - 1`` of a row completed
+``V(p) - V(first)`` of them, with ``V(n) = n - popcount(n)`` (Legendre's formula for
+the twos in ``n!``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from shelby.events.merkle import Frontier
+from shelby.events.store import StoreError
+
+__all__ = [
+    "ROW_OF",
+    "TREE_DDL",
+    "append_leaves",
+    "leaves_between",
+    "load_frontier",
+    "migrate_node_rows",
+    "node_in",
+    "row_of",
+]
+
+TREE_DDL = """CREATE TABLE IF NOT EXISTS merkle_batches (
+    first INTEGER PRIMARY KEY,
+    leaves BLOB NOT NULL,
+    parents BLOB NOT NULL
+)"""
+
+INSERT_BATCH = "INSERT INTO merkle_batches (first, leaves, parents) VALUES (?, ?, ?)"
+
+# A batch as big as this is written as several rows, so that no row is large: a log
+# extended at open, or migrated, would otherwise make one blob of the whole log.
+ROW_LEAVES = 4096
+
+# The row holding leaf ``?``, whatever its size.
+ROW_OF = (
+    "SELECT first, leaves, parents FROM merkle_batches WHERE first <= ? ORDER BY first DESC LIMIT 1"
+)
+
+
+def append_leaves(conn: sqlite3.Connection, tree: Frontier, entries: Iterable[bytes]) -> None:
+    """Add a leaf for each entry (an event's hash) to ``tree`` and write what it made."""
+    first = tree.size
+    leaves: list[bytes] = []
+    parents: list[bytes] = []
+    for entry in entries:
+        made = tree.append(entry)
+        leaves.append(made[0][2])
+        parents.extend(h for _, _, h in made[1:])
+        if len(leaves) == ROW_LEAVES:
+            conn.execute(INSERT_BATCH, (first, b"".join(leaves), b"".join(parents)))
+            first, leaves, parents = tree.size, [], []
+    if leaves:
+        conn.execute(INSERT_BATCH, (first, b"".join(leaves), b"".join(parents)))
+
+
+def _ceil_shift(n: int, level: int) -> int:
+    return -(-n >> level)
+
+
+def _twos(n: int) -> int:
+    """The exponent of 2 in ``n!``: how many parents leaves ``0 .. n - 1`` completed."""
+    return n - n.bit_count()
+
+
+def row_of(level: int, index: int) -> int | None:
+    """The leaf whose row holds the subtree ``(level, index)`` (the leaf completing it),
+    for ``ROW_OF``; None for a key no tree has."""
+    if level < 0 or index < 0:
+        return None
+    p = ((index + 1) << level) - 1
+    return p if p < 1 << 62 else None
+
+
+def node_in(row: Sequence[Any], level: int, index: int) -> bytes | None:
+    """The subtree ``(level, index)`` in the row ``ROW_OF`` found for it, if it holds it."""
+    first, leaves, parents = row
+    p = ((index + 1) << level) - 1
+    if level == 0:
+        at, blob = (p - first) * 32, leaves
+    else:
+        at, blob = (_twos(p) - _twos(first) + level - 1) * 32, parents
+    found = bytes(blob[at : at + 32])
+    return found if len(found) == 32 else None
+
+
+def load_frontier(conn: sqlite3.Connection) -> Frontier:
+    """The frontier of the stored tree: its size and the subtrees that make it up."""
+    row = conn.execute(
+        "SELECT first + length(leaves) / 32 FROM merkle_batches ORDER BY first DESC LIMIT 1"
+    ).fetchone()
+    size = 0 if row is None else int(row[0])
+
+    def lookup(level: int, index: int) -> bytes:
+        p = row_of(level, index)
+        row = None if p is None else conn.execute(ROW_OF, (p,)).fetchone()
+        node = None if row is None else node_in(row, level, index)
+        if node is None:
+            raise StoreError(f"the stored Merkle tree lacks its node {(level, index)}")
+        return node
+
+    return Frontier.load(size, lookup)
+
+
+def leaves_between(conn: sqlite3.Connection, low: int, high: int) -> dict[int, bytes]:
+    """The stored leaves of the events ``low <= seq <= high``, by seq."""
+    out: dict[int, bytes] = {}
+    start = conn.execute(
+        "SELECT max(first) FROM merkle_batches WHERE first <= ?", (low - 1,)
+    ).fetchone()[0]
+    rows = conn.execute(
+        "SELECT first, leaves FROM merkle_batches WHERE first >= ? AND first <= ? ORDER BY first",
+        (start if start is not None else 0, high - 1),
+    )
+    for first, leaves in rows:
+        for i in range(len(leaves) // 32):
+            seq = first + i + 1
+            if low <= seq <= high:
+                out[seq] = bytes(leaves[i * 32 : i * 32 + 32])
+    return out
+
+
+def migrate_node_rows(conn: sqlite3.Connection) -> bool:
+    """Move a tree kept in the earlier layout (``merkle_nodes``, a row per node keyed by
+    ``(level, idx)``) into ``merkle_batches``, byte for byte, and drop the old table.
+    The stored tree is the copy ``verify`` holds the log against, so it is moved, not
+    computed again from the events. Runs in the caller's transaction; False when there
+    was nothing to move."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'merkle_nodes'"
+    ).fetchone()
+    if exists is None:
+        return False
+    row = conn.execute("SELECT max(idx) FROM merkle_nodes WHERE level = 0").fetchone()
+    size = 0 if row[0] is None else row[0] + 1
+    for a in range(0, size, ROW_LEAVES):
+        b = min(a + ROW_LEAVES, size)
+        conn.execute(INSERT_BATCH, (a, *_old_rows(conn, a, b)))
+    conn.execute("DROP TABLE merkle_nodes")
+    return True
+
+
+def _old_rows(conn: sqlite3.Connection, a: int, b: int) -> tuple[bytes, bytes]:
+    """The leaves ``a .. b - 1`` and the parents they completed, from ``merkle_nodes``."""
+    leaves = [
+        bytes(h)
+        for (h,) in conn.execute(
+            "SELECT hash FROM merkle_nodes WHERE level = 0 AND idx >= ? AND idx < ? ORDER BY idx",
+            (a, b),
+        )
+    ]
+    made: dict[tuple[int, int], bytes] = {}  # (completing leaf, level) -> hash
+    level = 1
+    while (1 << level) <= b:
+        # Leaf p completes (level, idx) when idx + 1 == (p + 1) >> level, exactly.
+        low, high = _ceil_shift(a + 1, level) - 1, _ceil_shift(b + 1, level) - 1
+        for idx, h in conn.execute(
+            "SELECT idx, hash FROM merkle_nodes WHERE level = ? AND idx >= ? AND idx < ?",
+            (level, low, high),
+        ):
+            made[(((idx + 1) << level) - 1, level)] = bytes(h)
+        level += 1
+    parents = [made[key] for key in sorted(made)]
+    return b"".join(leaves), b"".join(parents)
