@@ -1,6 +1,6 @@
-"""``encode_data`` is ``json.dumps`` with the canonical settings, on both of its roads:
-json's C encoder built once (the usual one), and ``JSONEncoder.encode`` (where the C
-encoder is missing)."""
+"""``encode_data`` is ``json.dumps`` with the canonical settings, on each of its roads:
+msgspec's encoder where its text cannot differ (the usual one), json's C encoder built
+once, and ``JSONEncoder.encode`` (where the C encoder is missing)."""
 
 from __future__ import annotations
 
@@ -14,32 +14,74 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shelby.events import codec
-from shelby.events.types import JobCreated
+from shelby.events.types import Event, JobCreated, LogLine, LogLinesAppended, Resources
 
 from .test_codec import CANONICAL, json_values
 
 
-def _reference(event: JobCreated) -> str:
+def _reference(event: Event) -> str:
     return json.dumps(msgspec.to_builtins(event), allow_nan=False, **CANONICAL)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("c_encoder", [True, False], ids=["c-encoder", "fallback"])
+ROADS = ["msgspec", "c-encoder", "fallback"]
+
+
+def take(road: str, patch: pytest.MonkeyPatch) -> None:
+    """Send ``encode_data`` down one road: json's roads by refusing msgspec's text."""
+    if road != "msgspec":
+        patch.setattr(codec, "_may_differ", lambda text: True)
+    if road == "fallback":
+        patch.setattr(codec, "_iterencode", None)
+
+
+@pytest.mark.parametrize("road", ROADS)
 @settings(max_examples=150, deadline=None)
 @given(meta=st.dictionaries(st.text(max_size=8), json_values, max_size=5))
-def test_encode_data_is_the_canonical_json(c_encoder: bool, meta: dict[str, Any]) -> None:
+def test_encode_data_is_the_canonical_json(road: str, meta: dict[str, Any]) -> None:
     event = JobCreated(job_id="j", meta=meta)
     with pytest.MonkeyPatch.context() as patch:
-        if not c_encoder:
-            patch.setattr(codec, "_iterencode", None)
+        take(road, patch)
         assert codec.encode_data(event) == _reference(event)
 
 
-@pytest.mark.parametrize("c_encoder", [True, False], ids=["c-encoder", "fallback"])
+@settings(max_examples=300, deadline=None)
+@given(
+    value=json_values,
+    small=st.floats(min_value=-1e-4, max_value=1e-4, allow_nan=False),
+    big=st.floats(min_value=1e15, max_value=1e300),
+    line=st.text(max_size=20),
+    stamp=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_msgspec_text_is_kept_only_where_it_is_jsons(
+    value: Any, small: float, big: float, line: str, stamp: float
+) -> None:
+    """Whatever the values (floats of every size, any text, nested Structs), msgspec's
+    text either equals json's or is one the guard sends down json's road."""
+    events = [
+        JobCreated(job_id=line, meta={"v": value, "s": small, "b": big}),
+        JobCreated(job_id="j", resources=Resources(cpu_count=2, ram_gb=small)),
+        LogLinesAppended(
+            job_id="j",
+            node_id="n",
+            attempt=1,
+            offset=0,
+            lines=[LogLine(line=line, timestamp=stamp)],
+        ),
+    ]
+    for event in events:
+        try:
+            fast = codec._fast.encode(event)
+        except UnicodeEncodeError:
+            continue  # a lone surrogate: json's road writes it, and the append refuses it
+        if not codec._may_differ(fast):
+            assert fast.decode() == _reference(event)
+
+
+@pytest.mark.parametrize("road", ROADS)
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_float_json_cannot_write_is_refused(
-    c_encoder: bool, value: float, monkeypatch: pytest.MonkeyPatch
+    road: str, value: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not c_encoder:
-        monkeypatch.setattr(codec, "_iterencode", None)
+    take(road, monkeypatch)
     with pytest.raises(ValueError, match="Out of range float"):
         codec.encode_data(JobCreated(job_id="j", meta={"x": [value]}))

@@ -9,8 +9,10 @@ auditor can recompute every hash with ``json`` and ``hashlib`` alone (README,
                            sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     hash = sha256(bytes.fromhex(prev_hash) + canonical.encode("utf-8")).hexdigest()
 
-msgspec writes floats differently from ``json`` (``1e-05`` vs ``0.00001``), so the
-canonical text is made by ``json.dumps`` even though msgspec decodes it.
+msgspec writes some floats differently from ``json`` (``0.00001`` for ``1e-05``,
+``1e16`` for ``1e+16``) and NaN as ``null`` where ``json`` refuses it, so ``json.dumps``
+defines the canonical text. msgspec writes it first, five times faster, and its text is
+kept only where it cannot differ (``encode_data``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,21 @@ _iterencode = (
     if _make_encoder is None
     else _make_encoder(None, _json.default, _quote, None, ":", ",", True, False, False)
 )
+# msgspec's text is json's but for floats in exponent form (``1e16``, ``1e-05``), floats
+# below 1e-4, which json writes in exponent form and msgspec as ``0.0000…``, and NaN and
+# infinities, which msgspec writes as ``null``: its digits are the shortest that read back
+# (those of ``repr``), keys sort alike and strings escape alike (tests/events/
+# test_encoding.py holds it against json.dumps). A text with none of these patterns (a
+# string that merely contains one only costs the slower road) is json's text. Three
+# substring searches, not one regular expression: a third of the time.
+_fast = msgspec.json.Encoder(order="sorted")
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789E", b"000000000e")
+
+
+def _may_differ(text: bytes) -> bool:
+    return b"0e" in text.translate(_DIGITS_AS_ZERO) or b"0.0000" in text or b"null" in text
+
+
 # A tagged union decodes straight into the right type, keyed by the "type" field.
 _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[tuple(EVENT_TYPES.values())])  # noqa: UP007
 
@@ -64,6 +81,13 @@ def to_data(event: Event) -> dict[str, Any]:
 
 def encode_data(event: Event) -> str:
     """The canonical text of an event's ``data`` column."""
+    try:
+        fast = _fast.encode(event)
+    except (msgspec.EncodeError, UnicodeEncodeError, TypeError, OverflowError):
+        pass  # json's road raises the error the caller expects, or writes it after all
+    else:
+        if not _may_differ(fast):
+            return fast.decode()
     data = msgspec.to_builtins(event)
     if _iterencode is None:
         return _dumps(data)
