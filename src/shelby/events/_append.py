@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from shelby.events.codec import chain_hash, decode_event, encode_data, envelope_bytes
+from shelby.events.codec import chain_digest, decode_event, encode_data, envelope_around_seq
 from shelby.events.store import Projection, Recorded, StoreError, StoreUnavailable
 from shelby.events.types import Event
 
@@ -36,13 +36,14 @@ class Pending:
     def __init__(
         self,
         stream: str,
-        encoded: list[tuple[str, str, Event]],
+        encoded: list[tuple[str, str, Event, bytes, bytes]],
         expected_version: int,
         timestamp: float,
         future: asyncio.Future[list[Recorded]],
     ) -> None:
         self.stream = stream
-        self.encoded = encoded  # (type, canonical data, event) per event
+        # (type, canonical data, event, envelope before and after its seq) per event
+        self.encoded = encoded
         self.expected_version = expected_version
         self.timestamp = timestamp
         self.future = future
@@ -51,12 +52,21 @@ class Pending:
 def pending(
     stream: str, events: Sequence[Event], expected_version: int, timestamp: float
 ) -> Pending:
-    """Encode an append on the caller's side of the queue, so the writer only writes;
-    an event that cannot be written as UTF-8 (a lone surrogate) fails here, alone."""
-    encoded = [(type(e).__name__, encode_data(e), e) for e in events]
+    """Encode an append on the caller's side of the queue, so the writer only joins
+    each event's canonical bytes around its seq and hashes them; an event that cannot be
+    written as UTF-8 (a lone surrogate) fails here, alone."""
+    encoded: list[tuple[str, str, Event, bytes, bytes]] = []
     try:
-        for text in (stream, *(data for _, data, _ in encoded)):
-            text.encode()
+        for i, event in enumerate(events):
+            type_, data = type(event).__name__, encode_data(event)
+            before, after = envelope_around_seq(
+                stream=stream,
+                version=expected_version + i + 1,
+                type=type_,
+                timestamp=timestamp,
+                data=data,
+            )
+            encoded.append((type_, data, event, before, after))
     except UnicodeEncodeError as exc:
         raise StoreError(f"an event cannot be encoded as UTF-8: {exc}") from exc
     future: asyncio.Future[list[Recorded]] = asyncio.get_running_loop().create_future()
@@ -66,20 +76,12 @@ def pending(
 def chain(p: Pending, seq: int, prev: str) -> list[Recorded]:
     """``p``'s events as the log rows that follow ``seq`` (whose hash is ``prev``)."""
     recs: list[Recorded] = []
-    for i, (type_, data, event) in enumerate(p.encoded):
+    digest = bytes.fromhex(prev)
+    for i, (type_, data, event, before, after) in enumerate(p.encoded):
         s = seq + i + 1
         version = p.expected_version + i + 1
-        h = chain_hash(
-            prev,
-            envelope_bytes(
-                seq=s,
-                stream=p.stream,
-                version=version,
-                type=type_,
-                timestamp=p.timestamp,
-                data=data,
-            ),
-        )
+        digest = chain_digest(digest, b"%b%d%b" % (before, s, after))
+        h = digest.hex()
         recs.append(
             Recorded(
                 seq=s,

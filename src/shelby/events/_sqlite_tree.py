@@ -20,6 +20,7 @@ the twos in ``n!``).
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -58,17 +59,10 @@ ROW_OF = (
 
 def append_leaves(conn: sqlite3.Connection, tree: Frontier, entries: Iterable[bytes]) -> None:
     """Add a leaf for each entry (an event's hash) to ``tree`` and write what it made."""
-    first = tree.size
-    leaves: list[bytes] = []
-    parents: list[bytes] = []
-    for entry in entries:
-        made = tree.append(entry)
-        leaves.append(made[0][2])
-        parents.extend(h for _, _, h in made[1:])
-        if len(leaves) == ROW_LEAVES:
-            conn.execute(INSERT_BATCH, (first, b"".join(leaves), b"".join(parents)))
-            first, leaves, parents = tree.size, [], []
-    if leaves:
+    it = iter(entries)
+    while chunk := list(itertools.islice(it, ROW_LEAVES)):
+        first = tree.size
+        leaves, parents = tree.extend(chunk)
         conn.execute(INSERT_BATCH, (first, b"".join(leaves), b"".join(parents)))
 
 

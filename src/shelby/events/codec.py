@@ -29,9 +29,11 @@ from shelby.events.types import EVENT_TYPES, Event
 
 __all__ = [
     "GENESIS_HASH",
+    "chain_digest",
     "chain_hash",
     "decode_event",
     "encode_data",
+    "envelope_around_seq",
     "envelope_bytes",
     "to_data",
 ]
@@ -107,11 +109,29 @@ def envelope_bytes(
     Equal to ``json.dumps`` of the whole envelope (see the module docstring), built
     by concatenation so that verifying a log never re-parses its data.
     """
+    before, after = envelope_around_seq(
+        stream=stream, version=version, type=type, timestamp=timestamp, data=data
+    )
+    return b"%b%d%b" % (before, seq, after)
+
+
+def envelope_around_seq(
+    *, stream: str, version: int, type: str, timestamp: float, data: str
+) -> tuple[bytes, bytes]:
+    """``envelope_bytes`` but for ``seq``: the bytes before it and after it. An append
+    makes them on the caller's side; the writer, which alone knows ``seq``, joins them.
+    Raises ``UnicodeEncodeError`` for text that is not valid Unicode (a lone surrogate)."""
     return (
-        f'{{"data":{data},"seq":{seq},"stream":{_quote(stream)},'
-        f'"timestamp":{float(timestamp)!r},"type":{_quote(type)},"version":{version}}}'
-    ).encode()
+        f'{{"data":{data},"seq":'.encode(),
+        f',"stream":{_quote(stream)},"timestamp":{float(timestamp)!r},'
+        f'"type":{_quote(type)},"version":{version}}}'.encode(),
+    )
 
 
 def chain_hash(prev_hash: str, canonical: bytes) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
+    return chain_digest(bytes.fromhex(prev_hash), canonical).hex()
+
+
+def chain_digest(prev: bytes, canonical: bytes) -> bytes:
+    """``chain_hash`` on the digests' bytes, for a writer chaining many events."""
+    return hashlib.sha256(prev + canonical).digest()

@@ -8,8 +8,9 @@ Shelby's byte layout::
     node hash  = SHA-256(0x01 || left || right)
 
 The store keeps every *perfect* subtree (``2**level`` leaves starting at
-``index * 2**level``) as a row ``(level, index, hash)``, written in the transaction that
-appends its last leaf. Appending a leaf adds two rows on average and never revisits
+``index * 2**level``), keyed ``(level, index)``, written in the transaction that
+appends its last leaf (a row each in PostgreSQL, packed a batch to a row in SQLite:
+``_sqlite_tree.py``). Appending a leaf adds two subtrees on average and never revisits
 old ones. Any tree size's root, and any proof, is then a fold over O(log n) of those
 rows: ``keys_for_*`` say which rows a computation needs, so a caller fetches them in one
 query and the rest is pure.
@@ -18,7 +19,7 @@ query and the rest is pure.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = [
     "Frontier",
@@ -76,20 +77,33 @@ class Frontier:
         """Add one leaf; returns the perfect subtrees it completed, ``(level, index,
         hash)``, the leaf itself first."""
         index = self.size
-        h = leaf_hash(entry)
-        made = [(0, index, h)]
-        stack = self._stack
-        stack.append((0, h))
-        level = 0
-        while len(stack) >= 2 and stack[-2][0] == level:
-            right = stack.pop()[1]
-            left = stack.pop()[1]
-            level += 1
-            h = node_hash(left, right)
+        (leaf,), parents = self.extend([entry])
+        return [(0, index, leaf)] + [
+            (level, index >> level, h) for level, h in enumerate(parents, start=1)
+        ]
+
+    def extend(self, entries: Iterable[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """Add a leaf for each entry; returns the leaves' hashes, and the hashes of the
+        subtrees above them that they completed, in the order completed (each leaf's
+        lowest first). Leaf ``n`` completes one subtree for each trailing 1 bit of
+        ``n``: the subtrees on top of the stack it merges with."""
+        stack, size = self._stack, self.size
+        leaves: list[bytes] = []
+        parents: list[bytes] = []
+        sha256 = hashlib.sha256
+        for entry in entries:
+            h = sha256(b"\x00" + entry).digest()  # leaf_hash, inlined: the append path
+            leaves.append(h)
+            n, level = size, 0
+            while n & 1:
+                h = sha256(b"\x01" + stack.pop()[1] + h).digest()  # node_hash
+                parents.append(h)
+                n >>= 1
+                level += 1
             stack.append((level, h))
-            made.append((level, index >> level, h))
-        self.size = index + 1
-        return made
+            size += 1
+        self.size = size
+        return leaves, parents
 
     def root(self) -> bytes:
         if not self._stack:

@@ -126,8 +126,11 @@ def project(projections: Sequence[Projection], recs: Sequence[Recorded]) -> list
     runs as one ``executemany``.
     """
     out: list[Statement] = []
+    types = {rec.type for rec in recs}
     for proj in projections:
         handles = proj.handles
+        if handles.isdisjoint(types):
+            continue  # a batch of heartbeats is offered to one projection of six
         for rec in recs:
             if rec.type in handles:
                 out.extend(proj.apply(rec))
