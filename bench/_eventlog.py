@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shelby.events.codec import GENESIS_HASH, chain_hash, encode_data, envelope_bytes
-from shelby.events.sqlite import EVENTS_DDL, INSERT_EVENT, SELECT_EVENTS
+from shelby.events.sqlite import EVENTS_DDL, INSERT_EVENT, PAGE_SIZE, SELECT_EVENTS
 from shelby.events.types import (
     Event,
     JobAcked,
@@ -215,6 +215,7 @@ def build_log(path: Path, n: int, *, nodes: int = 64, seed: int = 0) -> Built:
     """A new SQLite file holding ``n`` valid events (nodes registered first)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # as the store makes its files
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = OFF")
         conn.execute("BEGIN")

@@ -106,6 +106,17 @@ EVENTS_DDL = [
     )""",
 ]
 
+PAGE_SIZE = 2048
+"""Bytes a page, for files this store creates (a file keeps the size it was made with).
+
+Half SQLite's default, for what an append costs: a commit rewrites every page it
+touched, and a batch of heartbeats touches one leaf of ``UNIQUE(stream, version)`` per
+node, each holding a few dozen bytes that changed. With 2 KB pages the commit writes
+half the bytes, and a batch of 20 log lines (about 2.3 KB, which left 40 % of a 4 KB
+page empty) fills its pages. Measured (README, "The append and heartbeat ratios"): 8 %
+off an append, 44 % off a log line's bytes in batches of 20; a job with its script
+takes 28 % more."""
+
 NO_OP_WRITE = "UPDATE projection_positions SET seq = seq"
 """Changes nothing, yet needs a writable file and room in the WAL for its page."""
 
@@ -183,6 +194,7 @@ class SQLiteEventStore:
         self._wconn = conn
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # a new file's; no-op after
             conn.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk (the WAL is fsynced) before any caller is answered.
             conn.execute("PRAGMA synchronous = FULL")
