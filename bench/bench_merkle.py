@@ -2,7 +2,7 @@
 
 1. Appends per second through the SQLite store as it is (the tree's perfect subtrees
    written in every append's transaction) against the same store with the tree turned
-   off by a subclass defined here (``_insert`` without ``Frontier.append`` and without
+   off by a subclass defined here (``_insert`` without ``Frontier.extend`` and without
    the ``merkle_batches`` insert). The store has no such switch: the second figure is a
    bench-only variant, not a mode Shelby runs in. Same machine, same run, alternating.
 2. Proofs at a million events: a log of valid rows (real canonical bytes and chain

@@ -14,13 +14,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shelby.events import codec
-from shelby.events.types import Event, JobCreated, LogLine, LogLinesAppended, Resources
+from shelby.events.types import (
+    Event,
+    JobCreated,
+    LogLine,
+    LogLinesAppended,
+    NodeHeartbeat,
+    Resources,
+)
 
 from .test_codec import CANONICAL, json_values
 
 
 def _reference(event: Event) -> str:
-    return json.dumps(msgspec.to_builtins(event), allow_nan=False, **CANONICAL)  # type: ignore[arg-type]
+    data = msgspec.to_builtins(event, order="sorted")  # sets sorted: json has no order for them
+    return json.dumps(data, allow_nan=False, **CANONICAL)  # type: ignore[arg-type]
 
 
 ROADS = ["msgspec", "c-encoder", "fallback"]
@@ -38,7 +46,9 @@ def take(road: str, patch: pytest.MonkeyPatch) -> None:
 @settings(max_examples=150, deadline=None)
 @given(meta=st.dictionaries(st.text(max_size=8), json_values, max_size=5))
 def test_encode_data_is_the_canonical_json(road: str, meta: dict[str, Any]) -> None:
-    event = JobCreated(job_id="j", meta=meta)
+    """Any JSON in an event's open dict, on each road. (A heartbeat: an event with a
+    field left at None, as JobCreated has, always takes json's road.)"""
+    event = NodeHeartbeat(node_id="n", specs=meta)
     with pytest.MonkeyPatch.context() as patch:
         take(road, patch)
         assert codec.encode_data(event) == _reference(event)
@@ -58,7 +68,8 @@ def test_msgspec_text_is_kept_only_where_it_is_jsons(
     """Whatever the values (floats of every size, any text, nested Structs), msgspec's
     text either equals json's or is one the guard sends down json's road."""
     events = [
-        JobCreated(job_id=line, meta={"v": value, "s": small, "b": big}),
+        NodeHeartbeat(node_id=line, specs={"v": value, "s": small, "b": big}),
+        NodeHeartbeat(node_id="n", specs={"set": {line, "a", "b"}}, running_jobs=[line]),
         JobCreated(job_id="j", resources=Resources(cpu_count=2, ram_gb=small)),
         LogLinesAppended(
             job_id="j",
@@ -75,6 +86,23 @@ def test_msgspec_text_is_kept_only_where_it_is_jsons(
             continue  # a lone surrogate: json's road writes it, and the append refuses it
         if not codec._may_differ(fast):
             assert fast.decode() == _reference(event)
+
+
+def test_a_heartbeat_takes_msgspecs_road() -> None:
+    """The property above holds for the texts msgspec's road keeps; a heartbeat is one."""
+    beat = NodeHeartbeat(node_id="n", specs={"cpuUsage": 12.5, "gpuUsage": [87.0]})
+    assert not codec._may_differ(codec._fast.encode(beat))
+
+
+@pytest.mark.parametrize("road", ROADS)
+def test_sets_are_written_sorted_on_every_road(road: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """msgspec's road sorts a set; json's sorts it first, so an event's text does not
+    depend on which road it took, nor on the process's string hashing."""
+    take(road, monkeypatch)
+    beat = NodeHeartbeat(node_id="n", specs={"g": {"b", "c", "a"}})
+    assert codec.encode_data(beat) == (
+        '{"nodeId":"n","runningJobs":[],"specs":{"g":["a","b","c"]},"type":"NodeHeartbeat"}'
+    )
 
 
 @pytest.mark.parametrize("road", ROADS)

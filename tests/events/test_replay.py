@@ -4,8 +4,12 @@ the live ones is the property in ``test_store_contract.py``; this pins what is l
 
 from __future__ import annotations
 
-from shelby.events._append import replay_records
+import sqlite3
+
+from shelby.events._append import replay_records, row_to_recorded
 from shelby.events.codec import encode_data
+from shelby.events.sqlite import run_statements
+from shelby.events.store import Recorded, project
 from shelby.events.types import (
     Event,
     JobCreated,
@@ -36,6 +40,8 @@ def registered(node: str) -> tuple[str, Event]:
 
 
 def test_a_nodes_last_heartbeat_in_the_chunk_is_kept_and_the_rest_not_decoded() -> None:
+    """Heartbeats of two nodes among other events: each node's last is kept, in log order
+    with the rest."""
     chunk = rows(
         registered("a"),
         beat("a", 1.0),
@@ -56,6 +62,7 @@ def test_a_nodes_last_heartbeat_in_the_chunk_is_kept_and_the_rest_not_decoded() 
 
 
 def test_rows_no_projection_handles_are_left_out() -> None:
+    """A replay of some projections (catching up at open) skips what none of them read."""
     chunk = rows(registered("a"), beat("a", 1.0), (job_stream("j"), JobCreated(job_id="j")))
     assert replay_records([UsageProjection()], chunk) == []
     assert [r.seq for r in replay_records([NodesProjection()], chunk)] == [1, 2]
@@ -71,3 +78,30 @@ def test_a_type_is_kept_whole_while_any_projection_applies_each_one() -> None:
     chunk = rows(beat("a", 1.0), beat("a", 2.0))
     assert [r.seq for r in replay_records([NodesProjection()], chunk)] == [2]
     assert [r.seq for r in replay_records([NodesProjection(), EveryBeat()], chunk)] == [1, 2]
+
+
+def test_a_superseded_row_is_not_even_decoded() -> None:
+    """What is left out is never parsed: a heartbeat whose data is not JSON at all
+    does not stop a replay that a later heartbeat of its node supersedes."""
+    chunk = rows(beat("a", 1.0), beat("a", 2.0))
+    broken = [(*chunk[0][:5], "not json", "", ""), chunk[1]]
+    assert [r.seq for r in replay_records(all_projections(), broken)] == [2]
+
+
+def test_a_registration_between_heartbeats_leaves_the_same_row() -> None:
+    """Heartbeat, registration, heartbeat: applying only the last heartbeat leaves the
+    nodes table as applying all three does."""
+    chunk = rows(registered("a"), beat("a", 1.0), registered("a"), beat("a", 2.0))
+    nodes = NodesProjection()
+
+    def table(recs: list[Recorded]) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(":memory:")
+        for ddl in nodes.ddl:
+            conn.execute(ddl)
+        run_statements(conn, project([nodes], recs))
+        return conn.execute("SELECT * FROM nodes").fetchall()
+
+    every = [row_to_recorded(row) for row in chunk]
+    kept = replay_records([nodes], chunk)
+    assert [r.seq for r in kept] == [1, 3, 4]
+    assert table(kept) == table(every)

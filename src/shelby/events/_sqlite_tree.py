@@ -20,9 +20,10 @@ the twos in ``n!``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from shelby.events.merkle import Frontier
@@ -36,7 +37,9 @@ __all__ = [
     "load_frontier",
     "migrate_node_rows",
     "node_in",
+    "old_tree_size",
     "row_of",
+    "stored_tree",
 ]
 
 TREE_DDL = """CREATE TABLE IF NOT EXISTS merkle_batches (
@@ -48,8 +51,9 @@ TREE_DDL = """CREATE TABLE IF NOT EXISTS merkle_batches (
 INSERT_BATCH = "INSERT INTO merkle_batches (first, leaves, parents) VALUES (?, ?, ?)"
 
 # A batch as big as this is written as several rows, so that no row is large: a log
-# extended at open, or migrated, would otherwise make one blob of the whole log.
-ROW_LEAVES = 4096
+# extended at open, or migrated, would otherwise make one blob of the whole log, and
+# reading a node reads its row's blobs (16 KB at most).
+ROW_LEAVES = 256
 
 # The row holding leaf ``?``, whatever its size.
 ROW_OF = (
@@ -114,16 +118,34 @@ def load_frontier(conn: sqlite3.Connection) -> Frontier:
     return Frontier.load(size, lookup)
 
 
+@contextlib.contextmanager
+def stored_tree() -> Iterator[None]:
+    """Around a read of ``merkle_batches``: a log that has not been opened with write
+    access since the layout changed (a read-only copy) has none yet, and says so."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "no such table: merkle_batches" not in str(exc):
+            raise
+        raise StoreError(
+            "this log keeps its Merkle tree as Shelby did before merkle_batches; open it"
+            " once with write access (shelby serve, or shelby verify of a writable copy)"
+            " to move it"
+        ) from exc
+
+
 def leaves_between(conn: sqlite3.Connection, low: int, high: int) -> dict[int, bytes]:
     """The stored leaves of the events ``low <= seq <= high``, by seq."""
     out: dict[int, bytes] = {}
-    start = conn.execute(
-        "SELECT max(first) FROM merkle_batches WHERE first <= ?", (low - 1,)
-    ).fetchone()[0]
-    rows = conn.execute(
-        "SELECT first, leaves FROM merkle_batches WHERE first >= ? AND first <= ? ORDER BY first",
-        (start if start is not None else 0, high - 1),
-    )
+    with stored_tree():
+        start = conn.execute(
+            "SELECT max(first) FROM merkle_batches WHERE first <= ?", (low - 1,)
+        ).fetchone()[0]
+        rows = conn.execute(
+            "SELECT first, leaves FROM merkle_batches WHERE first >= ? AND first <= ?"
+            " ORDER BY first",
+            (start if start is not None else 0, high - 1),
+        ).fetchall()
     for first, leaves in rows:
         for i in range(len(leaves) // 32):
             seq = first + i + 1
@@ -132,24 +154,42 @@ def leaves_between(conn: sqlite3.Connection, low: int, high: int) -> dict[int, b
     return out
 
 
-def migrate_node_rows(conn: sqlite3.Connection) -> bool:
-    """Move a tree kept in the earlier layout (``merkle_nodes``, a row per node keyed by
-    ``(level, idx)``) into ``merkle_batches``, byte for byte, and drop the old table.
-    The stored tree is the copy ``verify`` holds the log against, so it is moved, not
-    computed again from the events. Runs in the caller's transaction; False when there
-    was nothing to move."""
+def old_tree_size(conn: sqlite3.Connection) -> int | None:
+    """How many leaves a tree kept in the earlier layout (``merkle_nodes``, a row per
+    node keyed by ``(level, idx)``) holds; None when there is no such table."""
     exists = conn.execute(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'merkle_nodes'"
     ).fetchone()
     if exists is None:
-        return False
+        return None
     row = conn.execute("SELECT max(idx) FROM merkle_nodes WHERE level = 0").fetchone()
-    size = 0 if row[0] is None else row[0] + 1
+    return 0 if row[0] is None else int(row[0]) + 1
+
+
+def migrate_node_rows(conn: sqlite3.Connection, size: int) -> None:
+    """Move the ``size`` leaves of a tree in the earlier layout, and the subtrees they
+    completed, into ``merkle_batches``, byte for byte, and drop ``merkle_nodes``. The
+    stored tree is the copy ``verify`` holds the log against, so it is moved, not
+    computed again from the events, and a tree with a node missing is refused rather
+    than moved with every later node in its row shifted. Runs in the caller's
+    transaction, which a refusal leaves to roll back."""
+    if conn.execute("SELECT 1 FROM merkle_batches LIMIT 1").fetchone() is not None:
+        raise StoreError(
+            "this log holds a Merkle tree in merkle_batches and another in merkle_nodes:"
+            " an older Shelby wrote to it after a newer one had moved its tree. The older"
+            " one's (merkle_nodes) was made again from the events; drop it to go on, and"
+            " the tree in merkle_batches is extended over the events it lacks"
+        )
     for a in range(0, size, ROW_LEAVES):
         b = min(a + ROW_LEAVES, size)
-        conn.execute(INSERT_BATCH, (a, *_old_rows(conn, a, b)))
+        leaves, parents = _old_rows(conn, a, b)
+        if len(leaves) != 32 * (b - a) or len(parents) != 32 * (_twos(b) - _twos(a)):
+            raise StoreError(
+                f"the Merkle tree in merkle_nodes lacks nodes of its leaves {a} to {b - 1}"
+                " (or holds hashes that are not 32 bytes); nothing was moved"
+            )
+        conn.execute(INSERT_BATCH, (a, leaves, parents))
     conn.execute("DROP TABLE merkle_nodes")
-    return True
 
 
 def _old_rows(conn: sqlite3.Connection, a: int, b: int) -> tuple[bytes, bytes]:

@@ -12,8 +12,8 @@ The store keeps every *perfect* subtree (``2**level`` leaves starting at
 appends its last leaf (a row each in PostgreSQL, packed a batch to a row in SQLite:
 ``_sqlite_tree.py``). Appending a leaf adds two subtrees on average and never revisits
 old ones. Any tree size's root, and any proof, is then a fold over O(log n) of those
-rows: ``keys_for_*`` say which rows a computation needs, so a caller fetches them in one
-query and the rest is pure.
+subtrees: ``keys_for_*`` say which a computation needs, so a caller fetches just those
+and the rest is pure.
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ from shelby.events._sqlite_tree import (
     load_frontier,
     migrate_node_rows,
     node_in,
+    old_tree_size,
     row_of,
+    stored_tree,
 )
 from shelby.events.archive import (
     ARCHIVE_LIMIT,
@@ -203,8 +205,10 @@ class SQLiteEventStore:
             _replace_old_delete_trigger(conn)
             for ddl in EVENTS_DDL:
                 conn.execute(ddl)
-            if migrate_node_rows(conn):
-                log.info("the Merkle tree was moved to one row per batch (merkle_batches)")
+            old_size = old_tree_size(conn)
+            if old_size is not None:
+                log.info("moving the Merkle tree to a row per batch", leaves=old_size)
+                migrate_node_rows(conn, old_size)
             conn.execute("DELETE FROM archive_pending")  # empty between transactions anyway
             # SQLite opens a file it may not write read-only, and says so only at
             # the first write: make that now, not at a caller's append.
@@ -717,7 +721,8 @@ class SQLiteEventStore:
         found: dict[NodeKey, bytes] = {}
         for level, index in sorted(set(keys)):
             p = row_of(level, index)
-            row = None if p is None else await self.fetchone(ROW_OF, (p,))
+            with stored_tree():
+                row = None if p is None else await self.fetchone(ROW_OF, (p,))
             node = None if row is None else node_in(tuple(row), level, index)
             if node is not None:
                 found[(level, index)] = node

@@ -101,7 +101,10 @@ class Projection(Protocol):
         """Types of ``handles`` whose event leaves the tables as the stream's next event
         of that type overwrites them: ``apply`` of both equals ``apply`` of the second
         alone, whatever comes between. A replay applies only the last of a run of them
-        (a node's heartbeats), and decodes no other."""
+        (a node's heartbeats), and decodes no other. Rows are keyed by what the stream
+        names, so this holds only where every such event of a row's subject is in that
+        subject's one stream (a node's heartbeats in ``node-<id>``, as the domain
+        appends them)."""
         ...
 
     @property

@@ -19,7 +19,8 @@ class NodesProjection:
     handles = event_names(NodeRegistered, NodeHeartbeat)
     # A heartbeat sets exactly the columns the node's next heartbeat sets again, and a
     # registration between them sets last_seen itself: in a replay, where heartbeats
-    # are most of the log, only a node's last one in each chunk is applied.
+    # are most of the log, only a node's last one in each chunk is applied. (The replay
+    # groups heartbeats by stream: a node's are all in node-<id>, as the domain appends.)
     superseded = event_names(NodeHeartbeat)
     version = 1
     tables = ("nodes",)
