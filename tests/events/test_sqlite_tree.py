@@ -15,14 +15,12 @@ from hypothesis import strategies as st
 
 from shelby.events._sqlite_tree import (
     ROW_LEAVES,
-    ROW_OF,
     TREE_DDL,
     append_leaves,
     leaves_between,
     load_frontier,
-    node_in,
     old_tree_size,
-    row_of,
+    tree_nodes,
 )
 from shelby.events.merkle import Frontier
 from shelby.events.store import StoreError
@@ -38,9 +36,7 @@ def entry(i: int) -> bytes:
 
 
 def stored(conn: sqlite3.Connection, level: int, index: int) -> bytes | None:
-    p = row_of(level, index)
-    row = None if p is None else conn.execute(ROW_OF, (p,)).fetchone()
-    return None if row is None else node_in(row, level, index)
+    return tree_nodes(conn, [(level, index)]).get((level, index))
 
 
 @settings(max_examples=60, deadline=None)
@@ -64,6 +60,7 @@ def test_every_completed_subtree_is_found_at_its_key_whatever_the_batches(
         n += size
     for (level, idx), h in expected.items():
         assert stored(conn, level, idx) == h
+    assert tree_nodes(conn, [*expected, (0, n), (3, n)]) == expected  # all in one query
     # Keys the tree has not completed (yet) are not found.
     for level in range(8):
         assert stored(conn, level, n >> level) is None

@@ -22,24 +22,26 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from shelby.events.merkle import Frontier
+from shelby.events.merkle import Frontier, NodeKey, keys_for_root
 from shelby.events.store import StoreError
 
 __all__ = [
-    "ROW_OF",
+    "ROWS_OF",
     "TREE_DDL",
     "append_leaves",
     "leaves_between",
     "load_frontier",
     "migrate_node_rows",
-    "node_in",
+    "nodes_in",
     "old_tree_size",
-    "row_of",
     "stored_tree",
+    "tree_nodes",
+    "wanted_rows",
 ]
 
 TREE_DDL = """CREATE TABLE IF NOT EXISTS merkle_batches (
@@ -55,10 +57,12 @@ INSERT_BATCH = "INSERT INTO merkle_batches (first, leaves, parents) VALUES (?, ?
 # reading a node reads its row's blobs (16 KB at most).
 ROW_LEAVES = 256
 
-# The row holding leaf ``?``, whatever its size.
-ROW_OF = (
-    "SELECT first, leaves, parents FROM merkle_batches WHERE first <= ? ORDER BY first DESC LIMIT 1"
-)
+# For each leaf in the JSON array ``?``, the row holding it (whatever the rows' sizes):
+# every subtree a proof or a root needs, in one query.
+ROWS_OF = """SELECT w.value, b.first, b.leaves, b.parents
+FROM json_each(?) AS w
+JOIN merkle_batches AS b
+  ON b.first = (SELECT max(first) FROM merkle_batches WHERE first <= w.value)"""
 
 
 def append_leaves(conn: sqlite3.Connection, tree: Frontier, entries: Iterable[bytes]) -> None:
@@ -79,25 +83,42 @@ def _twos(n: int) -> int:
     return n - n.bit_count()
 
 
-def row_of(level: int, index: int) -> int | None:
-    """The leaf whose row holds the subtree ``(level, index)`` (the leaf completing it),
-    for ``ROW_OF``; None for a key no tree has."""
-    if level < 0 or index < 0:
-        return None
-    p = ((index + 1) << level) - 1
-    return p if p < 1 << 62 else None
+def wanted_rows(keys: Iterable[NodeKey]) -> tuple[dict[NodeKey, int], str]:
+    """The leaf completing each subtree ``(level, index)`` (which its row holds), and the
+    ``ROWS_OF`` parameter asking for those rows; keys no tree has are left out."""
+    leaf_of: dict[NodeKey, int] = {}
+    for level, index in keys:
+        p = ((index + 1) << level) - 1
+        if level >= 0 and index >= 0 and p < 1 << 62:
+            leaf_of[(level, index)] = p
+    return leaf_of, json.dumps(sorted(set(leaf_of.values())))
 
 
-def node_in(row: Sequence[Any], level: int, index: int) -> bytes | None:
-    """The subtree ``(level, index)`` in the row ``ROW_OF`` found for it, if it holds it."""
-    first, leaves, parents = row
-    p = ((index + 1) << level) - 1
-    if level == 0:
-        at, blob = (p - first) * 32, leaves
-    else:
-        at, blob = (_twos(p) - _twos(first) + level - 1) * 32, parents
-    found = bytes(blob[at : at + 32])
-    return found if len(found) == 32 else None
+def nodes_in(leaf_of: dict[NodeKey, int], rows: Iterable[Sequence[Any]]) -> dict[NodeKey, bytes]:
+    """The subtrees of ``leaf_of`` that the rows ``ROWS_OF`` found hold."""
+    by_leaf = {p: (first, leaves, parents) for p, first, leaves, parents in rows}
+    found: dict[NodeKey, bytes] = {}
+    for (level, index), p in leaf_of.items():
+        row = by_leaf.get(p)
+        if row is None:
+            continue
+        first, leaves, parents = row
+        if level == 0:
+            at, blob = (p - first) * 32, leaves
+        else:
+            at, blob = (_twos(p) - _twos(first) + level - 1) * 32, parents
+        node = bytes(blob[at : at + 32])
+        if len(node) == 32:
+            found[(level, index)] = node
+    return found
+
+
+def tree_nodes(conn: sqlite3.Connection, keys: Iterable[NodeKey]) -> dict[NodeKey, bytes]:
+    """The stored subtrees among ``keys``; a key the tree does not hold is left out."""
+    leaf_of, wanted = wanted_rows(keys)
+    with stored_tree():
+        rows = conn.execute(ROWS_OF, (wanted,)).fetchall()
+    return nodes_in(leaf_of, rows)
 
 
 def load_frontier(conn: sqlite3.Connection) -> Frontier:
@@ -107,10 +128,10 @@ def load_frontier(conn: sqlite3.Connection) -> Frontier:
     ).fetchone()
     size = 0 if row is None else int(row[0])
 
+    nodes = tree_nodes(conn, keys_for_root(size))
+
     def lookup(level: int, index: int) -> bytes:
-        p = row_of(level, index)
-        row = None if p is None else conn.execute(ROW_OF, (p,)).fetchone()
-        node = None if row is None else node_in(row, level, index)
+        node = nodes.get((level, index))
         if node is None:
             raise StoreError(f"the stored Merkle tree lacks its node {(level, index)}")
         return node
@@ -124,7 +145,7 @@ def stored_tree() -> Iterator[None]:
     access since the layout changed (a read-only copy) has none yet, and says so."""
     try:
         yield
-    except sqlite3.OperationalError as exc:
+    except (sqlite3.OperationalError, StoreError) as exc:  # the store's readers wrap it
         if "no such table: merkle_batches" not in str(exc):
             raise
         raise StoreError(

@@ -53,15 +53,15 @@ from shelby.events._sqlite_schema import (
     SELECT_EVENTS,
 )
 from shelby.events._sqlite_tree import (
-    ROW_OF,
+    ROWS_OF,
     TREE_DDL,
     append_leaves,
     load_frontier,
     migrate_node_rows,
-    node_in,
+    nodes_in,
     old_tree_size,
-    row_of,
     stored_tree,
+    wanted_rows,
 )
 from shelby.events.archive import (
     ARCHIVE_LIMIT,
@@ -718,15 +718,10 @@ class SQLiteEventStore:
         return Head(row[0], row[1]) if row else Head(0, GENESIS_HASH)
 
     async def tree_nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
-        found: dict[NodeKey, bytes] = {}
-        for level, index in sorted(set(keys)):
-            p = row_of(level, index)
-            with stored_tree():
-                row = None if p is None else await self.fetchone(ROW_OF, (p,))
-            node = None if row is None else node_in(tuple(row), level, index)
-            if node is not None:
-                found[(level, index)] = node
-        return found
+        leaf_of, wanted = wanted_rows(keys)
+        with stored_tree():
+            rows = await self.fetchall(ROWS_OF, (wanted,))
+        return nodes_in(leaf_of, rows)
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1 FROM projection_positions LIMIT 1")
