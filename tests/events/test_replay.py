@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from shelby.events._append import replay_records, row_to_recorded
 from shelby.events.codec import encode_data
 from shelby.events.sqlite import run_statements
-from shelby.events.store import Recorded, project
+from shelby.events.store import Recorded, StoreError, project
 from shelby.events.types import (
     Event,
     JobCreated,
@@ -105,3 +107,13 @@ def test_a_registration_between_heartbeats_leaves_the_same_row() -> None:
     kept = replay_records([nodes], chunk)
     assert [r.seq for r in kept] == [1, 3, 4]
     assert table(kept) == table(every)
+
+
+def test_a_kept_row_that_is_not_an_event_stops_the_replay_with_its_seq() -> None:
+    """Not JSON, not an event, or text that is not UTF-8 (an archived row comes back
+    with surrogates): the replay names the seq rather than failing with a traceback."""
+    chunk = rows(registered("a"), beat("a", 1.0))
+    for data in ("not json", '{"type":"NodeHeartbeat"}', '{"type":"\udcff"}'):
+        broken = [chunk[0], (*chunk[1][:5], data, "", "")]
+        with pytest.raises(StoreError, match="event 2 cannot be decoded"):
+            replay_records(all_projections(), broken)

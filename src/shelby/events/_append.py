@@ -9,6 +9,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import msgspec
+
 from shelby.events.codec import chain_digest, decode_event, encode_data, envelope_around_seq
 from shelby.events.store import Projection, Recorded, StoreError, StoreUnavailable
 from shelby.events.types import Event
@@ -137,7 +139,14 @@ def replay_records(projections: Sequence[Projection], rows: Sequence[Any]) -> li
             if key in newer:
                 continue
             newer.add(key)
-        out.append(row_to_recorded(row))
+        try:
+            out.append(row_to_recorded(row))
+        except (msgspec.DecodeError, UnicodeError) as exc:
+            # Not JSON, not an event, or not UTF-8 (an archived row, read with
+            # surrogates): a replay cannot apply it, and must not guess.
+            raise StoreError(
+                f"event {row[0]} cannot be decoded ({exc}); shelby verify names what is wrong"
+            ) from exc
     out.reverse()
     return out
 
