@@ -56,3 +56,30 @@ async def test_a_real_refusal_still_refuses_after_the_check(store: SQLiteEventSt
     with pytest.raises(Conflict):
         await a.handle(STREAM, JOBS, AssignJob(job_id="j", node_id="n"))  # no script yet
     assert (await store.head()).seq == before
+
+
+async def test_commands_on_one_stream_queue_and_leave_no_lock_behind(
+    store: SQLiteEventStore,
+) -> None:
+    """Concurrent commands on one stream take turns (none hits a version conflict), a
+    waiter cancelled in the queue leaves, and once all are done no lock is kept."""
+    import asyncio
+
+    from shelby.domain import NODES
+    from shelby.domain.nodes import Heartbeat, RegisterNode
+    from shelby.events.types import node_stream
+
+    handler = CommandHandler(store, ManualClock())
+    stream = node_stream("n")
+    await handler.handle(stream, NODES, RegisterNode(node_id="n", name="n", token_hash="h"))
+    beats = [
+        asyncio.create_task(handler.handle(stream, NODES, Heartbeat(node_id="n")))
+        for _ in range(20)
+    ]
+    await asyncio.sleep(0)  # all of them queued on the stream's lock
+    beats[10].cancel()
+    outcomes = await asyncio.gather(*beats, return_exceptions=True)
+    assert isinstance(outcomes[10], asyncio.CancelledError)
+    versions = sorted(o.recorded[0].version for o in outcomes if not isinstance(o, BaseException))
+    assert versions == list(range(2, 21))  # 19 heartbeats after the registration, in turn
+    assert handler._locks._locks == {}

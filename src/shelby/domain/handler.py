@@ -11,8 +11,7 @@ version, since no append ran to catch a stale cache.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -56,24 +55,46 @@ class Outcome(Generic[S]):
 
 class _StreamLocks:
     """One lock per busy stream, so that commands on one stream queue in-process
-    instead of racing to a conflict; a lock is dropped once nobody holds or awaits it."""
+    instead of racing to a conflict; a lock is dropped once nobody holds or awaits it.
+
+    Plain ``__aenter__``/``__aexit__`` rather than ``contextlib.asynccontextmanager``,
+    whose generator cost a third of the handler's own time on the heartbeat path."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, list[Any]] = {}
+        self._locks: dict[str, _StreamLock] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, stream: str) -> AsyncIterator[None]:
+    def hold(self, stream: str) -> _StreamLock:
         entry = self._locks.get(stream)
         if entry is None:
-            entry = self._locks[stream] = [asyncio.Lock(), 0]
-        entry[1] += 1
+            entry = self._locks[stream] = _StreamLock(self._locks, stream)
+        return entry
+
+
+class _StreamLock:
+    __slots__ = ("_lock", "_owners", "_stream", "users")
+
+    def __init__(self, owners: dict[str, _StreamLock], stream: str) -> None:
+        self._lock = asyncio.Lock()
+        self._owners = owners
+        self._stream = stream
+        self.users = 0  # holding it or waiting for it
+
+    async def __aenter__(self) -> None:
+        self.users += 1
         try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._locks[stream]
+            await self._lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            del self._owners[self._stream]
 
 
 class CommandHandler:
