@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shelby.api import agents, audit, frontend, operations, transparency
+from shelby.api.deadlines import Deadlines
 from shelby.api.endpoint import Endpoint, endpoint_route
 from shelby.api.errors import http_exception_handler, http_exception_response
 from shelby.api.metrics import Metrics
@@ -100,6 +101,7 @@ def create_app(
     metrics = Metrics()
     sweeper = LeaseSweeper(service)
     retention = Retention(service) if settings.retention_days > 0 else None
+    body_deadlines = Deadlines(settings.body_timeout_seconds)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -115,6 +117,7 @@ def create_app(
             if retention is not None:
                 await retention.stop()
             await sweeper.stop()
+            body_deadlines.close()
             unsubscribe()
             await service.close()
 
@@ -147,6 +150,7 @@ def create_app(
     app.state.sweeper = sweeper
     app.state.retention = retention
     app.state.metrics = metrics
+    app.state.body_deadlines = body_deadlines
     app.state.rate_limit = RateLimit(parse_rate_limit(settings.rate_limit))
     app.state.endpoints = ENDPOINTS
     return app

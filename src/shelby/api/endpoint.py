@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from shelby.api.auth import Access, Principal, authorize, bearer_token
+from shelby.api.deadlines import Deadlines
 from shelby.api.errors import ApiError, error_body, error_for
 from shelby.api.ratelimit import RateLimit
 from shelby.service import Service, token_hash
@@ -103,17 +104,25 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int, within: float) -> bytes:
-    """The whole body, at most ``limit`` bytes (else 413), within ``within`` seconds
+async def _read_body(scope: Scope, receive: Receive, limit: int, deadlines: Deadlines) -> bytes:
+    """The whole body, at most ``limit`` bytes (else 413), within the deadlines' timeout
     (else 408): a client trickling a body would otherwise hold its request for ever."""
     declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the body is larger than {limit} bytes")
+    task = deadlines.start()
     try:
-        async with asyncio.timeout(within):
-            return await _receive_body(receive, limit)
-    except TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {within:g} s") from None
+        body = await _receive_body(receive, limit)
+    except asyncio.CancelledError:
+        if deadlines.ended(task):
+            within = deadlines.timeout
+            raise ApiError(408, f"the request body did not arrive within {within:g} s") from None
+        raise
+    except BaseException:
+        deadlines.ended(task)
+        raise
+    deadlines.ended(task)
+    return body
 
 
 async def _receive_body(receive: Receive, limit: int) -> bytes:
@@ -323,7 +332,7 @@ class EndpointApp:
         body = None
         if self._body_decoder is not None:
             limit = getattr(service.settings, ep.body_limit)
-            raw = await _read_body(scope, receive, limit, service.settings.body_timeout_seconds)
+            raw = await _read_body(scope, receive, limit, scope["app"].state.body_deadlines)
             body = _decode_body(self._body_decoder, ep.body, raw)
         params = scope["path_params"]
         job_id = (
