@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import structlog
@@ -19,6 +23,27 @@ def _json_bytes(event: object, **_: object) -> bytes:
     return _encoder.encode(event)
 
 
+class _UtcTimestamp:
+    """The time as ``2026-11-26T10:00:00.123456Z``, with everything up to the second
+    formatted once a second: structlog's ``TimeStamper`` builds and formats a datetime
+    for every line, a fifth of the cost of the request log line each request writes."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        event["timestamp"] = f"{self._prefix}{int((now - second) * 1e6):06d}Z"
+        return event
+
+
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
     if json is None:
         json = not sys.stderr.isatty()
@@ -32,7 +57,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _UtcTimestamp(),
             structlog.processors.format_exc_info,
             renderer,
         ],
