@@ -84,3 +84,24 @@ async def test_only_the_late_one_of_two_readers_expires() -> None:
     reads = [asyncio.create_task(_read(deadlines, f)) for f in (late, on_time)]
     loop.call_later(0.05, on_time.set_result, b"here")
     assert await asyncio.gather(*reads) == ["expired", "here"]
+
+
+def test_an_app_moved_to_another_loop_still_keeps_deadlines() -> None:
+    """Each loop gets its own watchdog: the first loop's, not finished when the app
+    moved on (a test client's loop, say), does not stand in for it."""
+    deadlines = Deadlines(0.1)
+
+    async def expire() -> str:
+        never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        return await _read(deadlines, never)
+
+    first = asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(expire()) == "expired"
+        old_watchdog = deadlines._watchdog
+        assert old_watchdog is not None and not old_watchdog.done()  # asleep for a tick
+        assert asyncio.run(asyncio.wait_for(expire(), timeout=2)) == "expired"
+        assert deadlines._watchdog is not old_watchdog
+    finally:
+        first.run_until_complete(asyncio.sleep(2 * deadlines.tick))  # the old one ends
+        first.close()

@@ -31,7 +31,10 @@ class Deadlines:
             raise RuntimeError("a deadline needs a task")
         loop = task.get_loop()
         self._due[task] = loop.time() + self.timeout
-        if self._watchdog is None or self._watchdog.done():
+        watchdog = self._watchdog
+        # A new one also when the app moved to another loop (a test client's, say), where
+        # the old one, never finished, would otherwise watch nothing.
+        if watchdog is None or watchdog.done() or watchdog.get_loop() is not loop:
             self._watchdog = loop.create_task(self._watch(loop))
         return task
 
@@ -52,7 +55,7 @@ class Deadlines:
             await asyncio.sleep(self.tick)
             now = loop.time()
             for task, due in list(self._due.items()):
-                if due <= now and task not in self._expired:
+                if due <= now and task not in self._expired and task.get_loop() is loop:
                     self._expired.add(task)
                     task.cancel()
 
