@@ -1,38 +1,51 @@
-"""The body-reading deadlines' watchdog, in process with short timeouts. The whole road
-(a real server answering a trickled body with 408) is in
-``tests/hardening/test_hostile_clients.py``."""
+"""The body-reading deadlines, in process with short timeouts, through the endpoints'
+own ``_read_body``. The whole road (a real server answering a trickled body with 408)
+is in ``tests/hardening/test_hostile_clients.py``."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from shelby.api.deadlines import Deadlines
+from shelby.api.endpoint import _read_body
+from shelby.api.errors import ApiError
+
+SCOPE: dict[str, Any] = {"headers": []}
 
 
-async def _read(deadlines: Deadlines, arrives: asyncio.Future[bytes]) -> str:
-    """What ``_read_body`` does around its reading, with the outcome named."""
-    task = deadlines.start()
+def _receiving(arrives: asyncio.Future[Any]) -> Any:
+    """An ASGI ``receive`` whose one message is what ``arrives`` resolves to."""
+
+    async def receive() -> Any:
+        got = await arrives
+        return got if isinstance(got, dict) else {"type": "http.request", "body": got}
+
+    return receive
+
+
+async def _read(deadlines: Deadlines, arrives: asyncio.Future[Any], limit: int = 1024) -> str:
     try:
-        body = await arrives
-    except asyncio.CancelledError:
-        if deadlines.ended(task):
-            return "expired"
-        raise
-    deadlines.ended(task)
-    return body.decode()
+        return (await _read_body(SCOPE, _receiving(arrives), limit, deadlines)).decode()
+    except ApiError as err:
+        return f"{err.status} {err.detail}"
 
 
-async def test_a_body_that_never_comes_expires_within_a_tick_of_its_deadline() -> None:
+def _slack(deadlines: Deadlines) -> float:
+    # A tick late at most, plus room for a busy machine (the suite runs three workers).
+    return deadlines.timeout + deadlines.tick + 1.0
+
+
+async def test_a_body_that_never_comes_is_a_408_after_its_deadline() -> None:
     deadlines = Deadlines(0.2)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    never: asyncio.Future[bytes] = loop.create_future()
-    outcome = await asyncio.create_task(_read(deadlines, never))
-    took = loop.time() - started
-    assert outcome == "expired"
-    assert 0.2 <= took < 0.2 + 2 * deadlines.tick
+    outcome = await asyncio.create_task(_read(deadlines, loop.create_future()))
+    assert outcome == "408 the request body did not arrive within 0.2 s"
+    assert 0.2 <= loop.time() - started < _slack(deadlines)
+    assert deadlines._due == {} and deadlines._expired == set()
 
 
 async def test_the_expired_task_is_not_left_cancelling() -> None:
@@ -40,7 +53,7 @@ async def test_the_expired_task_is_not_left_cancelling() -> None:
     never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     async def read_then_wait() -> int:
-        assert await _read(deadlines, never) == "expired"
+        assert (await _read(deadlines, never)).startswith("408 ")
         await asyncio.sleep(0.01)  # would raise if the cancellation were still pending
         task = asyncio.current_task()
         assert task is not None
@@ -52,7 +65,7 @@ async def test_the_expired_task_is_not_left_cancelling() -> None:
 async def test_bodies_that_arrive_in_time_are_not_touched_and_the_watchdog_stops() -> None:
     deadlines = Deadlines(0.2)
     loop = asyncio.get_running_loop()
-    arrivals = [loop.create_future() for _ in range(20)]
+    arrivals: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(20)]
     reads = [asyncio.create_task(_read(deadlines, f)) for f in arrivals]
     await asyncio.sleep(0.05)
     for i, f in enumerate(arrivals):
@@ -60,14 +73,40 @@ async def test_bodies_that_arrive_in_time_are_not_touched_and_the_watchdog_stops
     assert await asyncio.gather(*reads) == [f"body {i}" for i in range(20)]
     watchdog = deadlines._watchdog
     assert watchdog is not None
-    await asyncio.wait_for(watchdog, timeout=2 * deadlines.tick + 0.5)  # nobody reads any more
+    await asyncio.wait_for(watchdog, timeout=_slack(deadlines))  # nobody reads any more
     assert deadlines._due == {} and deadlines._expired == set()
+
+
+async def test_a_body_already_there_starts_no_task_per_request() -> None:
+    deadlines = Deadlines(30)
+    loop = asyncio.get_running_loop()
+    first = None
+    for i in range(50):
+        ready: asyncio.Future[Any] = loop.create_future()
+        ready.set_result(b"%d" % i)
+        assert await _read(deadlines, ready) == str(i)
+        first = first or deadlines._watchdog
+        assert deadlines._watchdog is first  # one watchdog for all of them
+        await asyncio.sleep(0)  # the watchdog's first step runs between requests
+    deadlines.close()
+
+
+async def test_a_413_or_a_client_gone_ends_the_clock_too() -> None:
+    deadlines = Deadlines(30)
+    loop = asyncio.get_running_loop()
+    big: asyncio.Future[Any] = loop.create_future()
+    big.set_result(b"x" * 2000)
+    assert (await _read(deadlines, big)).startswith("413 ")
+    gone: asyncio.Future[Any] = loop.create_future()
+    gone.set_result({"type": "http.disconnect"})
+    assert await _read(deadlines, gone) == "400 the client went away"
+    assert deadlines._due == {}
+    deadlines.close()
 
 
 async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> None:
     deadlines = Deadlines(30)
-    never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-    reading = asyncio.create_task(_read(deadlines, never))
+    reading = asyncio.create_task(_read(deadlines, asyncio.get_running_loop().create_future()))
     await asyncio.sleep(0.01)
     reading.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -76,14 +115,31 @@ async def test_a_cancellation_from_elsewhere_is_not_taken_for_the_deadline() -> 
     deadlines.close()
 
 
+async def test_a_cancellation_from_elsewhere_at_the_deadline_still_stands() -> None:
+    """The watchdog and a shutdown cancel the reader in the same turn of the loop: the
+    shutdown's cancellation must not be swallowed into a 408."""
+    deadlines = Deadlines(0.1)
+    reading = asyncio.create_task(_read(deadlines, asyncio.get_running_loop().create_future()))
+    # Each turn of the loop until the watchdog has cancelled it, before the reader runs.
+    while reading not in deadlines._expired:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert deadlines._due == {} and deadlines._expired == set()
+
+
 async def test_only_the_late_one_of_two_readers_expires() -> None:
     deadlines = Deadlines(0.2)
     loop = asyncio.get_running_loop()
-    late: asyncio.Future[bytes] = loop.create_future()
-    on_time: asyncio.Future[bytes] = loop.create_future()
+    late: asyncio.Future[Any] = loop.create_future()
+    on_time: asyncio.Future[Any] = loop.create_future()
     reads = [asyncio.create_task(_read(deadlines, f)) for f in (late, on_time)]
     loop.call_later(0.05, on_time.set_result, b"here")
-    assert await asyncio.gather(*reads) == ["expired", "here"]
+    assert await asyncio.gather(*reads) == [
+        "408 the request body did not arrive within 0.2 s",
+        "here",
+    ]
 
 
 def test_an_app_moved_to_another_loop_still_keeps_deadlines() -> None:
@@ -92,15 +148,14 @@ def test_an_app_moved_to_another_loop_still_keeps_deadlines() -> None:
     deadlines = Deadlines(0.1)
 
     async def expire() -> str:
-        never: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        return await _read(deadlines, never)
+        return await _read(deadlines, asyncio.get_running_loop().create_future())
 
     first = asyncio.new_event_loop()
     try:
-        assert first.run_until_complete(expire()) == "expired"
+        assert first.run_until_complete(expire()).startswith("408 ")
         old_watchdog = deadlines._watchdog
         assert old_watchdog is not None and not old_watchdog.done()  # asleep for a tick
-        assert asyncio.run(asyncio.wait_for(expire(), timeout=2)) == "expired"
+        assert asyncio.run(asyncio.wait_for(expire(), timeout=5)).startswith("408 ")
         assert deadlines._watchdog is not old_watchdog
     finally:
         first.run_until_complete(asyncio.sleep(2 * deadlines.tick))  # the old one ends
