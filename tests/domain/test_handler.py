@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,15 @@ async def test_commands_on_one_stream_queue_and_leave_no_lock_behind(
     handler = CommandHandler(store, ManualClock())
     stream = node_stream("n")
     await handler.handle(stream, NODES, RegisterNode(node_id="n", name="n", token_hash="h"))
+    appends = 0
+    real_append = store.append
+
+    async def counted_append(*args: Any, **kwargs: Any) -> Any:
+        nonlocal appends
+        appends += 1
+        return await real_append(*args, **kwargs)
+
+    store.append = counted_append  # type: ignore[method-assign]
     beats = [
         asyncio.create_task(handler.handle(stream, NODES, Heartbeat(node_id="n")))
         for _ in range(20)
@@ -82,4 +92,5 @@ async def test_commands_on_one_stream_queue_and_leave_no_lock_behind(
     assert isinstance(outcomes[10], asyncio.CancelledError)
     versions = sorted(o.recorded[0].version for o in outcomes if not isinstance(o, BaseException))
     assert versions == list(range(2, 21))  # 19 heartbeats after the registration, in turn
+    assert appends == 19  # each appended once: none raced another into a version conflict
     assert handler._locks._locks == {}

@@ -64,6 +64,8 @@ class _StreamLocks:
         self._locks: dict[str, _StreamLock] = {}
 
     def hold(self, stream: str) -> _StreamLock:
+        """The stream's lock, for ``async with`` at once: an entry counts its users only
+        from ``__aenter__``, so one taken and never entered would stay in the table."""
         entry = self._locks.get(stream)
         if entry is None:
             entry = self._locks[stream] = _StreamLock(self._locks, stream)
