@@ -74,7 +74,8 @@ __all__ = [
 ]
 
 # Bump when what the generator writes changes, so cached logs are not reused.
-GENERATOR_VERSION = 1
+# 2: the store's 2 KB pages and its Merkle tree a row per batch (merkle_batches).
+GENERATOR_VERSION = 2
 
 HEARTBEAT_SECONDS = 10.0
 HEARTBEAT_SHARE = 0.68  # about this share of the events are heartbeats

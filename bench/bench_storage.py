@@ -5,7 +5,7 @@ of that thing, divided by the count. Both start as copies of one generated log
 (``bench/_generator.py``, 20,000 events, 1,000 nodes); the extra heartbeats, log lines
 or jobs are then decided and appended by the real ``CommandHandler`` and store, so
 the difference holds the events, their ``(stream, version)`` index, the Merkle tree's
-nodes and every projection's rows, at the fill the B-trees really have. Sizes are
+rows and every projection's rows, at the fill the B-trees really have. Sizes are
 taken after a WAL checkpoint, as (page_count - freelist_count) x page_size, and split
 by table with SQLite's ``dbstat``.
 
