@@ -63,7 +63,7 @@ async def test_the_expired_task_is_not_left_cancelling() -> None:
 
 
 async def test_bodies_that_arrive_in_time_are_not_touched_and_the_watchdog_stops() -> None:
-    deadlines = Deadlines(0.2)
+    deadlines = Deadlines(1)  # far from the 0.05 s the bodies take, however busy the machine
     loop = asyncio.get_running_loop()
     arrivals: list[asyncio.Future[Any]] = [loop.create_future() for _ in range(20)]
     reads = [asyncio.create_task(_read(deadlines, f)) for f in arrivals]
@@ -160,3 +160,38 @@ def test_an_app_moved_to_another_loop_still_keeps_deadlines() -> None:
     finally:
         first.run_until_complete(asyncio.sleep(2 * deadlines.tick))  # the old one ends
         first.close()
+
+
+def test_a_reader_on_another_loop_is_left_alone_and_dropped_once_that_loop_closed() -> None:
+    """A watchdog cancels only its own loop's readers; a reader stranded on a loop that
+    was closed under it never ends its clock, and the next watchdog drops it."""
+    deadlines = Deadlines(0.1)
+
+    async def expire() -> str:
+        return await _read(deadlines, asyncio.get_running_loop().create_future())
+
+    first = asyncio.new_event_loop()
+    stranded = first.create_task(expire())
+    first.run_until_complete(asyncio.sleep(0.01))  # reading, on a loop that then stands still
+    try:
+        assert asyncio.run(asyncio.wait_for(expire(), timeout=5)).startswith("408 ")
+        # Past its deadline, but not the other loop's to cancel.
+        assert stranded.cancelling() == 0 and stranded not in deadlines._expired
+    finally:
+        first.close()
+    assert stranded in deadlines._due
+    assert asyncio.run(asyncio.wait_for(expire(), timeout=5)).startswith("408 ")
+    assert stranded not in deadlines._due
+    stranded.get_coro().close()  # its reading ends (as at collection) with no clock left
+
+
+def test_closing_after_its_loop_closed_does_not_raise() -> None:
+    deadlines = Deadlines(30)
+    loop = asyncio.new_event_loop()
+    reading = loop.create_task(_read(deadlines, loop.create_future()))
+    loop.run_until_complete(asyncio.sleep(0.01))  # its watchdog started, asleep
+    loop.close()
+    deadlines.close()
+    assert not reading.done()  # left on the closed loop, as a server's would be
+    reading.get_coro().close()
+    assert deadlines._due == {}

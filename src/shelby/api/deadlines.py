@@ -46,7 +46,10 @@ class Deadlines:
         """Stop ``task``'s clock; whether it ran out. The watchdog's cancellation is
         taken back; as with ``asyncio.timeout``, if someone else cancelled the task too
         (a shutdown), it did not simply run out: ``False``, and that cancellation stands."""
-        _due, pending_before = self._due.pop(task)
+        entry = self._due.pop(task, None)
+        if entry is None:  # dropped by a watchdog: its loop was closed under it
+            return False
+        _due, pending_before = entry
         if task in self._expired:
             self._expired.discard(task)
             return task.uncancel() <= pending_before
