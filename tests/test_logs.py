@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,7 +30,8 @@ def test_timestamps_are_iso_utc_and_follow_the_clock(
 ) -> None:
     stamp = _UtcTimestamp()
     for now in times:
-        monkeypatch.setattr(logs.time, "time", lambda now=now: now)
+        # logs' own ``time`` only: the clock everyone else reads is left alone.
+        monkeypatch.setattr(logs, "time", SimpleNamespace(time=lambda now=now: now))
         text = stamp(None, "info", {})["timestamp"]
         expected = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         assert text == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import pytest
 
 from shelby.clock import ManualClock
-from shelby.domain import JOBS, CommandHandler, Conflict
+from shelby.domain import JOBS, NODES, CommandHandler, Conflict
 from shelby.domain.jobs import AckJob, AssignJob, CreateJob, FinishJob, JobStatus, UploadScript
+from shelby.domain.nodes import Heartbeat, RegisterNode
 from shelby.events.sqlite import SQLiteEventStore
-from shelby.events.types import job_stream
+from shelby.events.types import job_stream, node_stream
 from shelby.projections import all_projections
 
 STREAM = job_stream("j")
@@ -64,12 +66,6 @@ async def test_commands_on_one_stream_queue_and_leave_no_lock_behind(
 ) -> None:
     """Concurrent commands on one stream take turns (none hits a version conflict), a
     waiter cancelled in the queue leaves, and once all are done no lock is kept."""
-    import asyncio
-
-    from shelby.domain import NODES
-    from shelby.domain.nodes import Heartbeat, RegisterNode
-    from shelby.events.types import node_stream
-
     handler = CommandHandler(store, ManualClock())
     stream = node_stream("n")
     await handler.handle(stream, NODES, RegisterNode(node_id="n", name="n", token_hash="h"))

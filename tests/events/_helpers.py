@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from hypothesis import strategies as st
+
 from shelby.events.sqlite import SQLiteEventStore
 from shelby.events.store import Projection
 from shelby.events.types import (
@@ -29,6 +31,28 @@ from shelby.events.types import (
     job_stream,
     node_stream,
 )
+
+# json.dumps as the README writes canonical text.
+CANONICAL = {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False}
+
+floats = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
+    [1e-5, 0.1, 1e16, 60.0, -0.0, 5e-324, 1.7976931348623157e308, 123456789.123456789]
+)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | floats
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+
 
 GENESIS = "0" * 64
 COLUMNS = ("seq", "stream", "version", "type", "timestamp", "data", "prev_hash", "hash")
@@ -70,9 +94,7 @@ def recipe_hash(prev_hash: str, row: Row) -> str:
             "type": type_,
             "version": version,
         },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
+        **CANONICAL,  # type: ignore[arg-type]
     ).encode("utf-8")
     return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
 

@@ -25,27 +25,8 @@ from shelby.events.types import (
     node_stream,
 )
 
-from ._helpers import assert_chain, opened, raw_rows
+from ._helpers import CANONICAL, assert_chain, floats, json_values, opened, raw_rows
 
-CANONICAL = {"sort_keys": True, "separators": (",", ":"), "ensure_ascii": False}
-
-floats = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
-    [1e-5, 0.1, 1e16, 60.0, -0.0, 5e-324, 1.7976931348623157e308, 123456789.123456789]
-)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | floats
-    | st.text(max_size=12)
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
 timestamps = st.floats(min_value=0, max_value=4e9, allow_nan=False) | st.integers(0, 4_000_000_000)
 ids = st.text(min_size=1, max_size=8)
 

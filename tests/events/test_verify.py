@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import struct
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from cli._logfile import rebuild, verify
 from shelby.events.verify import Verdict, verify_store
 
 from ._helpers import COLUMNS, assert_chain, copy_db, opened, raw_rows
@@ -26,11 +25,6 @@ Tamper = Callable[[sqlite3.Connection], object]
 TAMPER_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-
-
-def shelby_cli() -> list[str]:
-    script = Path(sys.executable).parent / "shelby"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "shelby"]
 
 
 def verify_in_process(path: Path) -> Verdict:
@@ -95,9 +89,7 @@ def test_cli_verify_good_log_exits_0_with_count_and_head(sample_db: Path, tmp_pa
     """``shelby verify`` on a good log exits 0 and prints the count and head hash."""
     path = copy_db(sample_db, tmp_path)
     rows = raw_rows(path)
-    done = subprocess.run(
-        [*shelby_cli(), "verify", "--db", str(path)], capture_output=True, text=True, timeout=60
-    )
+    done = verify(path)
     assert done.returncode == 0, done.stderr
     assert f"ok: {len(rows)} events, head {rows[-1][7]}" in done.stdout
 
@@ -273,9 +265,7 @@ def test_cli_verify_names_the_first_bad_seq(sample_db: Path, tmp_path: Path, cas
     """``shelby verify`` exits 1 naming the first bad seq, for every kind of tampering."""
     name, seq, change = cli_cases(len(raw_rows(sample_db)))[case]
     path = tampered(sample_db, tmp_path, change)
-    done = subprocess.run(
-        [*shelby_cli(), "verify", "--db", str(path)], capture_output=True, text=True, timeout=60
-    )
+    done = verify(path)
     assert done.returncode == 1, (name, done.stdout, done.stderr)
     assert f"FAILED at seq {seq}:" in done.stderr, (name, done.stderr)
     assert "ok:" not in done.stdout
@@ -284,9 +274,7 @@ def test_cli_verify_names_the_first_bad_seq(sample_db: Path, tmp_path: Path, cas
 def test_cli_verify_of_a_missing_file_fails_without_creating_it(tmp_path: Path) -> None:
     """``shelby verify`` on a path with no log fails and leaves no file behind."""
     path = tmp_path / "nothing.db"
-    done = subprocess.run(
-        [*shelby_cli(), "verify", "--db", str(path)], capture_output=True, text=True, timeout=60
-    )
+    done = verify(path)
     assert done.returncode != 0
     assert not path.exists()
 
@@ -304,9 +292,7 @@ def not_utf8_at_seq_5(sample_db: Path, tmp_path: Path) -> Path:
 def test_cli_verify_names_a_row_that_is_no_longer_utf8(sample_db: Path, tmp_path: Path) -> None:
     """A changed byte that leaves invalid UTF-8 in ``data`` is reported at its seq."""
     path = not_utf8_at_seq_5(sample_db, tmp_path)
-    done = subprocess.run(
-        [*shelby_cli(), "verify", "--db", str(path)], capture_output=True, text=True, timeout=60
-    )
+    done = verify(path)
     assert done.returncode == 1
     assert "FAILED at seq 5:" in done.stderr
 
@@ -315,9 +301,7 @@ def test_cli_rebuild_refuses_a_row_that_is_no_longer_utf8(sample_db: Path, tmp_p
     """A replay reads plain text: a row that is not UTF-8 stops ``shelby rebuild`` with
     a clear error that points at ``shelby verify``, not with a traceback."""
     path = not_utf8_at_seq_5(sample_db, tmp_path)
-    done = subprocess.run(
-        [*shelby_cli(), "rebuild", "--db", str(path)], capture_output=True, text=True, timeout=60
-    )
+    done = rebuild(path)
     assert done.returncode == 1
     assert "is not valid UTF-8; shelby verify names it" in done.stderr
     assert "Traceback" not in done.stderr
